@@ -1,0 +1,184 @@
+//! Command-line definitions only (clap derive), with kubeadm's verbs and flag names.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+use crate::output::Format;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubeforge",
+    version,
+    about = "Bootstrap a Kubernetes control plane the way kubeadm does",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub global: Global,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Where kubeconfigs (DIR), static pod manifests (DIR/manifests), the default certificatesDir
+    /// (DIR/pki) and backups (DIR/tmp) live.
+    #[arg(
+        long,
+        global = true,
+        default_value = "/etc/kubernetes",
+        value_name = "DIR"
+    )]
+    pub kubernetes_dir: PathBuf,
+    /// The kubelet's directory (config.yaml, kubeadm-flags.env, pki/).
+    #[arg(
+        long,
+        global = true,
+        default_value = "/var/lib/kubelet",
+        value_name = "DIR"
+    )]
+    pub kubelet_dir: PathBuf,
+    /// More logs on stderr (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Output format of stdout.
+    #[arg(short, long, global = true, value_enum, default_value = "text")]
+    pub output: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Set up a Kubernetes control-plane node.
+    Init(Box<InitArgs>),
+    /// Print or validate kubeadm configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Certificate management.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Print the version of kubeforge.
+    Version,
+    /// Print a shell completion script.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct InitArgs {
+    #[command(subcommand)]
+    pub phase: Option<InitSubcommand>,
+    #[command(flatten)]
+    pub flags: InitFlags,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InitSubcommand {
+    /// Run one phase of the init workflow.
+    #[command(after_help = crate::phases::help_table(crate::phases::INIT))]
+    Phase {
+        /// The phase to run.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(crate::phases::INIT.iter().map(|p| p.name)))]
+        name: String,
+        /// The sub-phase (default: all).
+        sub: Option<String>,
+        #[command(flatten)]
+        flags: InitFlags,
+    },
+}
+
+/// kubeadm init's flags; with `--config`, only the ones kubeadm allows alongside it may be given.
+#[derive(Debug, Args, Default, Clone)]
+pub struct InitFlags {
+    /// Path to a kubeadm configuration file (v1beta4 or v1beta3); `-` reads stdin.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The Kubernetes version to deploy.
+    #[arg(long, value_name = "VERSION")]
+    pub kubernetes_version: Option<String>,
+    /// The IP address the API server advertises it is listening on.
+    #[arg(long, value_name = "IP")]
+    pub apiserver_advertise_address: Option<String>,
+    /// The port the API server binds to.
+    #[arg(long, value_name = "PORT")]
+    pub apiserver_bind_port: Option<u16>,
+    /// A stable IP address or DNS name (with optional port) for the control plane.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub control_plane_endpoint: Option<String>,
+    /// The pod network CIDR(s).
+    #[arg(long, value_name = "CIDR")]
+    pub pod_network_cidr: Option<String>,
+    /// The service VIP CIDR(s).
+    #[arg(long, value_name = "CIDR")]
+    pub service_cidr: Option<String>,
+    /// The cluster DNS domain.
+    #[arg(long, value_name = "DOMAIN")]
+    pub service_dns_domain: Option<String>,
+    /// The node name.
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Where certificates are stored (certificatesDir).
+    #[arg(long, value_name = "DIR")]
+    pub cert_dir: Option<String>,
+    /// The container registry to pull control-plane images from.
+    #[arg(long, value_name = "REPO")]
+    pub image_repository: Option<String>,
+    /// Upload the control-plane certificates to the kubeadm-certs Secret.
+    #[arg(long)]
+    pub upload_certs: bool,
+    /// The key that encrypts the control-plane certificates in the kubeadm-certs Secret (64 hex).
+    #[arg(long, value_name = "KEY")]
+    pub certificate_key: Option<String>,
+    /// The bootstrap token (`[a-z0-9]{6}.[a-z0-9]{16}`).
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// How long the bootstrap token lives (0 = forever).
+    #[arg(long, value_name = "DURATION")]
+    pub token_ttl: Option<String>,
+    /// Phases to skip (`certs`, `certs/sa`, ...).
+    #[arg(long, value_delimiter = ',', value_name = "PHASES")]
+    pub skip_phases: Vec<String>,
+    /// Preflight checks whose errors become warnings (`all` for every one).
+    #[arg(long, value_delimiter = ',', value_name = "CHECKS")]
+    pub ignore_preflight_errors: Vec<String>,
+    /// Do not change the node: write everything into a temporary directory and print it.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// A directory of kubeadm-style patches for the static pod manifests.
+    #[arg(long, value_name = "DIR")]
+    pub patches: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print default configuration.
+    #[command(subcommand)]
+    Print(PrintCommand),
+    /// Validate a configuration file: prints `ok`, or the error with file, field and line.
+    Validate {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PrintCommand {
+    /// The default InitConfiguration and ClusterConfiguration (kubeadm.k8s.io/v1beta4).
+    InitDefaults,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Show when each certificate and certificate authority expires.
+    CheckExpiration {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Where certificates are stored (default: certificatesDir of the config, else DIR/pki).
+        #[arg(long, value_name = "DIR")]
+        cert_dir: Option<String>,
+    },
+    /// Print a new random certificate key for --certificate-key.
+    CertificateKey,
+}

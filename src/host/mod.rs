@@ -1,0 +1,57 @@
+//! The node's paths (one `Layout`) and the one writer every host file goes through.
+
+mod writer;
+
+pub use writer::{HostWriter, Outcome};
+
+use std::path::{Path, PathBuf};
+
+/// Every host path kubeforge touches derives from this struct.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// `/etc/kubernetes` (`--kubernetes-dir`): kubeconfigs live here.
+    pub kubernetes_dir: PathBuf,
+    /// `<kubernetes_dir>/manifests`: the kubelet's staticPodPath.
+    #[allow(dead_code)] // written by the control-plane and etcd phases
+    pub manifests_dir: PathBuf,
+    /// `certificatesDir` from the config (default `<kubernetes_dir>/pki`).
+    pub pki_dir: PathBuf,
+    /// `/var/lib/kubelet` (`--kubelet-dir`).
+    #[allow(dead_code)] // written by the kubelet-start phase
+    pub kubelet_dir: PathBuf,
+    /// `etcd.local.dataDir`.
+    #[allow(dead_code)] // created by the etcd phase
+    pub etcd_data_dir: PathBuf,
+    /// `<kubernetes_dir>/tmp`: backups of replaced files.
+    pub backup_dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(
+        kubernetes_dir: &Path,
+        kubelet_dir: &Path,
+        pki_dir: &Path,
+        etcd_data_dir: &Path,
+    ) -> Self {
+        Layout {
+            kubernetes_dir: kubernetes_dir.to_path_buf(),
+            manifests_dir: kubernetes_dir.join("manifests"),
+            pki_dir: pki_dir.to_path_buf(),
+            kubelet_dir: kubelet_dir.to_path_buf(),
+            etcd_data_dir: etcd_data_dir.to_path_buf(),
+            backup_dir: kubernetes_dir.join("tmp"),
+        }
+    }
+
+    pub fn kubeconfig(&self, file: &str) -> PathBuf {
+        self.kubernetes_dir.join(file)
+    }
+
+    /// `<pki>/<base>.crt` and `<pki>/<base>.key`.
+    pub fn cert_and_key(&self, base: &str) -> (PathBuf, PathBuf) {
+        (
+            self.pki_dir.join(format!("{base}.crt")),
+            self.pki_dir.join(format!("{base}.key")),
+        )
+    }
+}
