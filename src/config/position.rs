@@ -54,8 +54,8 @@ impl Index {
                             index.marks.insert((doc, join(path, &value)), pos);
                             *key = Some(value);
                         }
-                    } else {
-                        node_path(&mut stack);
+                    } else if let Some(path) = node_path(&mut stack) {
+                        index.marks.entry((doc, path)).or_insert(pos);
                     }
                 }
                 Event::Alias(_) => {
@@ -121,5 +121,7 @@ mod tests {
         assert_eq!(idx.find(0, "b.d[1].e"), Some((6, 5)));
         assert_eq!(idx.find(1, "net.sub"), Some((10, 3)));
         assert_eq!(idx.find(1, "net.missing"), Some((9, 1)));
+        let idx = Index::build("sans:\n- a\n- b\n");
+        assert_eq!(idx.find(0, "sans[1]"), Some((3, 3)));
     }
 }

@@ -1,0 +1,280 @@
+//! Shared helpers: a node laid out under a temp dir, the kubeforge binary, and the real tools the
+//! tests check our output with. A missing tool fails the test loudly; nothing is ever skipped.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_kubeforge");
+
+pub fn reference_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/kubeadm-v1.35.6")
+}
+
+/// Panics with the package to install when `tool` is not on PATH.
+pub fn require_tool(tool: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{tool}` is not installed; run scripts/test.sh (it installs openssl, etcd-server, etcd-client, kubectl)"
+    );
+}
+
+/// A node whose every path lives under one temp directory.
+pub struct Node {
+    pub dir: tempfile::TempDir,
+}
+
+impl Node {
+    pub fn new() -> Node {
+        Node {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn kubernetes_dir(&self) -> PathBuf {
+        self.root().join("etc/kubernetes")
+    }
+    pub fn pki(&self) -> PathBuf {
+        self.kubernetes_dir().join("pki")
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.root().join("kubeadm.yaml")
+    }
+
+    /// A v1beta4 config for node cp1 at 192.0.2.2 with this node's paths; `cluster_extra` is
+    /// appended to the ClusterConfiguration document.
+    pub fn write_config(&self, algorithm: &str, cluster_extra: &str) -> PathBuf {
+        let text = format!(
+            "apiVersion: kubeadm.k8s.io/v1beta4
+kind: InitConfiguration
+localAPIEndpoint:
+  advertiseAddress: 192.0.2.2
+  bindPort: 6443
+nodeRegistration:
+  name: cp1
+---
+apiVersion: kubeadm.k8s.io/v1beta4
+kind: ClusterConfiguration
+kubernetesVersion: v1.35.6
+encryptionAlgorithm: {algorithm}
+certificatesDir: {pki}
+etcd:
+  local:
+    dataDir: {root}/var/lib/etcd
+{cluster_extra}",
+            pki = self.pki().display(),
+            root = self.root().display(),
+        );
+        std::fs::write(self.config_path(), text).expect("write config");
+        self.config_path()
+    }
+
+    /// Runs kubeforge with this node's global flags.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("--kubernetes-dir")
+            .arg(self.kubernetes_dir())
+            .arg("--kubelet-dir")
+            .arg(self.root().join("var/lib/kubelet"))
+            .output()
+            .expect("run kubeforge")
+    }
+
+    pub fn run_ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "kubeforge {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// certs + kubeconfigs for `algorithm`.
+    pub fn generate(&self, algorithm: &str) {
+        let cfg = self.write_config(algorithm, "");
+        let cfg = cfg.to_str().unwrap();
+        self.run_ok(&["init", "phase", "certs", "all", "--config", cfg]);
+        self.run_ok(&["init", "phase", "kubeconfig", "all", "--config", cfg]);
+    }
+
+    /// Every file under the node: path → (content, mtime, mode).
+    pub fn snapshot(&self) -> BTreeMap<PathBuf, (Vec<u8>, std::time::SystemTime, u32)> {
+        snapshot(self.root())
+    }
+}
+
+pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, (Vec<u8>, std::time::SystemTime, u32)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            let meta = std::fs::symlink_metadata(&path).expect("metadata");
+            if meta.is_dir() {
+                stack.push(path);
+            } else {
+                out.insert(
+                    path.clone(),
+                    (
+                        std::fs::read(&path).expect("read"),
+                        meta.modified().expect("mtime"),
+                        meta.permissions().mode() & 0o7777,
+                    ),
+                );
+            }
+        }
+    }
+    out
+}
+
+pub fn run_tool(tool: &str, args: &[&str]) -> Output {
+    require_tool(tool);
+    Command::new(tool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {tool}: {e}"))
+}
+
+pub fn tool_ok(tool: &str, args: &[&str]) -> String {
+    let out = run_tool(tool, args);
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What `openssl x509 -noout -text` says about a certificate, parsed into the facts we compare.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertFacts {
+    pub subject: String,
+    pub issuer: String,
+    pub public_key: String,
+    pub key_usage: String,
+    pub key_usage_critical: bool,
+    pub ext_key_usage: String,
+    pub basic_constraints: String,
+    pub basic_constraints_critical: bool,
+    pub sans: String,
+    pub has_ski: bool,
+    pub has_aki: bool,
+    pub validity_secs: i64,
+    pub not_before: String,
+    pub signature_algorithm: String,
+}
+
+pub fn parse_openssl_text(text: &str) -> CertFacts {
+    let lines: Vec<&str> = text.lines().collect();
+    let find = |prefix: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|s| s.trim().to_string()))
+            .unwrap_or_default()
+    };
+    // An extension's value is the line after its header.
+    let ext = |name: &str| -> (String, bool) {
+        for (i, l) in lines.iter().enumerate() {
+            let t = l.trim();
+            if let Some(rest) = t.strip_prefix(&format!("X509v3 {name}:")) {
+                let value = lines
+                    .get(i + 1)
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_default();
+                return (value, rest.contains("critical"));
+            }
+        }
+        (String::new(), false)
+    };
+    let date = |prefix: &str| -> i64 {
+        let s = find(prefix);
+        let out = Command::new("date")
+            .args(["-u", "-d", &s, "+%s"])
+            .output()
+            .expect("date");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("date {s:?}"))
+    };
+    let public_key = {
+        let alg = find("Public Key Algorithm:");
+        let size = find("Public-Key:");
+        let curve = find("NIST CURVE:");
+        format!("{alg} {size} {curve}").trim().to_string()
+    };
+    let (key_usage, key_usage_critical) = ext("Key Usage");
+    let (ext_key_usage, _) = ext("Extended Key Usage");
+    let (basic_constraints, basic_constraints_critical) = ext("Basic Constraints");
+    let (sans, _) = ext("Subject Alternative Name");
+    CertFacts {
+        subject: find("Subject:"),
+        issuer: find("Issuer:"),
+        public_key,
+        key_usage,
+        key_usage_critical,
+        ext_key_usage,
+        basic_constraints,
+        basic_constraints_critical,
+        sans,
+        has_ski: text.contains("X509v3 Subject Key Identifier"),
+        has_aki: text.contains("X509v3 Authority Key Identifier"),
+        validity_secs: date("Not After :") - date("Not Before:"),
+        not_before: find("Not Before:"),
+        signature_algorithm: find("Signature Algorithm:"),
+    }
+}
+
+pub fn cert_facts(path: &Path) -> CertFacts {
+    parse_openssl_text(&tool_ok(
+        "openssl",
+        &["x509", "-noout", "-text", "-in", path.to_str().unwrap()],
+    ))
+}
+
+pub fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// Decodes a kubeconfig's embedded base64 field with kubectl's own view of the file.
+pub fn kubectl_jsonpath(kubeconfig: &Path, path: &str) -> String {
+    tool_ok(
+        "kubectl",
+        &[
+            "config",
+            "view",
+            "--raw",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "-o",
+            &format!("jsonpath={path}"),
+        ],
+    )
+}
+
+pub fn b64decode(s: &str) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("base64");
+    child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    child.wait_with_output().expect("base64").stdout
+}
