@@ -178,12 +178,7 @@ fn check_algorithm(algorithm: &str) {
     for (conf, subject) in KUBECONFIGS {
         let path = node.kubernetes_dir().join(conf);
         assert_eq!(mode(&path), 0o600, "{conf}");
-        let cert = b64decode(&kubectl_jsonpath(
-            &path,
-            "{.users[0].user.client-certificate-data}",
-        ));
-        let cert_path = node.root().join(format!("{conf}.crt"));
-        std::fs::write(&cert_path, &cert).unwrap();
+        let cert_path = extract_client_cert(&path);
         tool_ok(
             "openssl",
             &[

@@ -143,13 +143,7 @@ fn certificates_match_kubeadm_v1_35_6() {
             )
             .unwrap(),
         );
-        let cert = b64decode(&kubectl_jsonpath(
-            &ours_path,
-            "{.users[0].user.client-certificate-data}",
-        ));
-        let cert_path = node.root().join(format!("{conf}.crt"));
-        std::fs::write(&cert_path, cert).unwrap();
-        let ours = cert_facts(&cert_path);
+        let ours = cert_facts(&extract_client_cert(&ours_path));
         assert_eq!(
             ours.subject, theirs.subject,
             "{conf}.conf client certificate subject"

@@ -197,3 +197,73 @@ fn two_runs_never_interleave() {
     assert_eq!(second.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&second.stderr).contains("holds the lock"));
 }
+
+#[test]
+fn an_operators_own_ca_made_by_openssl_signs_the_leaves() {
+    let node = Node::new();
+    let cfg = node.write_config("RSA-2048", "");
+    std::fs::create_dir_all(node.pki()).unwrap();
+    let (crt, key) = (node.pki().join("ca.crt"), node.pki().join("ca.key"));
+    tool_ok(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/O=Corp/CN=Corp Kubernetes CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,digitalSignature",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            crt.to_str().unwrap(),
+        ],
+    );
+    let out = node.run_ok(&[
+        "init",
+        "phase",
+        "certs",
+        "all",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("Using existing ca certificate authority"),
+        "{out}"
+    );
+    node.run_ok(&[
+        "init",
+        "phase",
+        "kubeconfig",
+        "all",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let leaf = node.pki().join("apiserver.crt");
+    tool_ok(
+        "openssl",
+        &[
+            "verify",
+            "-CAfile",
+            crt.to_str().unwrap(),
+            leaf.to_str().unwrap(),
+        ],
+    );
+    let admin = extract_client_cert(&node.kubernetes_dir().join("admin.conf"));
+    tool_ok(
+        "openssl",
+        &[
+            "verify",
+            "-CAfile",
+            crt.to_str().unwrap(),
+            admin.to_str().unwrap(),
+        ],
+    );
+}

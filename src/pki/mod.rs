@@ -313,7 +313,8 @@ pub fn sign(
 }
 
 /// Everything that makes an existing certificate unusable for `spec`, as sentences.
-/// `issuer` None means the certificate must be self-signed (a CA).
+/// For a CA (`spec.is_ca`) only what kubeadm relies on is required: the CA flag, a matching key
+/// and validity — an operator's own CA (another subject, an intermediate) is welcome.
 pub fn check(
     cert_pem: &str,
     key: Option<&Key>,
@@ -328,6 +329,21 @@ pub fn check(
     let not_after = cert.validity().not_after.to_datetime();
     if not_after <= now {
         problems.push(format!("it expired on {}", human_time(not_after)));
+    }
+    if cert.is_ca() != spec.is_ca {
+        problems.push(format!(
+            "its CA flag is {}, expected {}",
+            cert.is_ca(),
+            spec.is_ca
+        ));
+    }
+    if let Some(key) = key {
+        if key.pair.subject_public_key_info() != cert.public_key().raw {
+            problems.push("its private key does not belong to it".into());
+        }
+    }
+    if spec.is_ca {
+        return Ok(problems);
     }
     let cn: Vec<_> = cert
         .subject()
@@ -353,14 +369,6 @@ pub fn check(
             "its organizations are {orgs:?}, expected {want_orgs:?}"
         ));
     }
-    if cert.is_ca() != spec.is_ca {
-        problems.push(format!(
-            "its CA flag is {}, expected {}",
-            cert.is_ca(),
-            spec.is_ca
-        ));
-    }
-
     let (have_dns, have_ips) = cert_sans(&cert);
     let missing_dns: Vec<_> = spec.dns.iter().filter(|d| !have_dns.contains(d)).collect();
     let missing_ips: Vec<_> = spec.ips.iter().filter(|i| !have_ips.contains(i)).collect();
@@ -382,21 +390,13 @@ pub fn check(
         }
     }
 
-    let signer_der = issuer_der.unwrap_or(&der);
-    let (_, signer) = X509Certificate::from_der(signer_der).map_err(|e| anyhow!("{e}"))?;
-    if let Err(why) = verify_signature(&cert, signer.public_key()) {
-        problems.push(if issuer_der.is_some() {
-            format!(
+    if let Some(issuer_der) = issuer_der {
+        let (_, signer) = X509Certificate::from_der(issuer_der).map_err(|e| anyhow!("{e}"))?;
+        if let Err(why) = verify_signature(&cert, signer.public_key()) {
+            problems.push(format!(
                 "it is not signed by the expected CA \"{}\" ({why})",
                 signer.subject()
-            )
-        } else {
-            format!("it is not self-signed ({why})")
-        });
-    }
-    if let Some(key) = key {
-        if key.pair.subject_public_key_info() != cert.public_key().raw {
-            problems.push("its private key does not belong to it".into());
+            ));
         }
     }
     Ok(problems)

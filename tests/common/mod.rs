@@ -267,6 +267,18 @@ pub fn kubectl_jsonpath(kubeconfig: &Path, path: &str) -> String {
     )
 }
 
+/// The client certificate embedded in a kubeconfig, as kubectl reads it, saved next to it as
+/// `<kubeconfig>.client.crt` for openssl.
+pub fn extract_client_cert(kubeconfig: &Path) -> PathBuf {
+    let cert = b64decode(&kubectl_jsonpath(
+        kubeconfig,
+        "{.users[0].user.client-certificate-data}",
+    ));
+    let path = kubeconfig.with_extension("client.crt");
+    std::fs::write(&path, cert).expect("write the extracted certificate");
+    path
+}
+
 pub fn b64decode(s: &str) -> Vec<u8> {
     use std::io::Write;
     let mut child = Command::new("base64")
