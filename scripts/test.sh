@@ -15,6 +15,7 @@ command -v etcd >/dev/null || apt_packages+=(etcd-server)
 command -v etcdctl >/dev/null || apt_packages+=(etcd-client)
 command -v protoc >/dev/null || apt_packages+=(protobuf-compiler)
 command -v ip >/dev/null || apt_packages+=(iproute2)
+command -v curl >/dev/null || apt_packages+=(curl)
 command -v pip3 >/dev/null || command -v pip >/dev/null || apt_packages+=(python3-pip)
 if [ "${#apt_packages[@]}" -gt 0 ]; then
     echo "installing from Debian: ${apt_packages[*]}"

@@ -6,13 +6,17 @@ mod kubeconfig;
 mod output;
 mod phases;
 mod pki;
+mod render;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{CommandFactory, Parser};
 use std::path::Path;
 use std::process::ExitCode;
 
-use cli::{CertsCommand, Cli, Command, ConfigCommand, InitFlags, InitSubcommand, PrintCommand};
+use cli::{
+    CertsCommand, Cli, Command, ConfigCommand, ImagesCommand, InitFlags, InitSubcommand,
+    PrintCommand,
+};
 use output::Output;
 
 /// Bad input from the operator (as opposed to a failure at run time): exit code 2.
@@ -93,6 +97,20 @@ fn run(cli: Cli) -> Result<()> {
                 &global.kubernetes_dir,
             )?;
             println!("ok");
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Images(ImagesCommand::List { flags })) => {
+            let cfg = config::load(
+                flags.config.as_deref(),
+                &overrides(&flags),
+                &global.kubernetes_dir,
+            )?;
+            let images = render::images(&cfg);
+            if out.json() {
+                out.print_json(&serde_json::json!({ "images": images }));
+            } else {
+                images.iter().for_each(|i| println!("{i}"));
+            }
             Ok(())
         }
         Command::Certs(CertsCommand::CheckExpiration { config, cert_dir }) => {
@@ -201,6 +219,7 @@ fn context(global: &cli::Global, flags: &InitFlags, out: Output) -> Result<phase
         writer,
         out,
         now,
+        templates: flags.templates.clone(),
     })
 }
 

@@ -9,6 +9,7 @@ use common::*;
 fn rerunning_certs_and_kubeconfig_changes_nothing() {
     let node = Node::new();
     node.generate("RSA-2048");
+    node.run_ok(&["init", "--config", node.config_path().to_str().unwrap()]);
     let before = node.snapshot();
     std::thread::sleep(std::time::Duration::from_millis(20));
     let cfg = node.config_path();

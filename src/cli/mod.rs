@@ -149,6 +149,9 @@ pub struct InitFlags {
     /// A directory of kubeadm-style patches for the static pod manifests.
     #[arg(long, value_name = "DIR")]
     pub patches: Option<String>,
+    /// Manifest templates (`<component>.yaml.hbs`) that replace the built-in ones.
+    #[arg(long, value_name = "DIR")]
+    pub templates: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,6 +163,18 @@ pub enum ConfigCommand {
     Validate {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+    },
+    /// The container images kubeforge's manifests and addons use.
+    #[command(subcommand)]
+    Images(ImagesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// Print the images, one per line.
+    List {
+        #[command(flatten)]
+        flags: Box<InitFlags>,
     },
 }
 

@@ -4,6 +4,7 @@
 
 mod certs;
 mod kubeconfig;
+mod manifests;
 
 use anyhow::Result;
 use time::OffsetDateTime;
@@ -20,6 +21,8 @@ pub struct Context {
     pub out: Output,
     /// One instant for the whole run, so every certificate of a run shares its NotBefore.
     pub now: OffsetDateTime,
+    /// `--templates DIR`: manifest templates that replace the built-in ones.
+    pub templates: Option<std::path::PathBuf>,
 }
 
 impl Context {
@@ -71,7 +74,12 @@ pub struct Phase {
     pub run: fn(&mut Context, &Selection) -> Result<()>,
 }
 
-pub const INIT: &[Phase] = &[certs::PHASE, kubeconfig::PHASE];
+pub const INIT: &[Phase] = &[
+    certs::PHASE,
+    kubeconfig::PHASE,
+    manifests::ETCD,
+    manifests::CONTROL_PLANE,
+];
 
 pub fn find(phases: &'static [Phase], name: &str) -> Option<&'static Phase> {
     phases.iter().find(|p| p.name == name)

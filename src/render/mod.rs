@@ -1,0 +1,468 @@
+//! Static pod manifests: handlebars (strict) over `templates/*.yaml.hbs`, parsed into a
+//! k8s-openapi `Pod`, completed with the operator's extraArgs / extraVolumes / extraEnvs, and
+//! serialized deterministically (keys sorted at every level, as kubeadm's output is).
+
+use anyhow::{anyhow, bail, Context, Result};
+use handlebars::Handlebars;
+use k8s_openapi::api::core::v1::{EnvVar, HostPathVolumeSource, Pod, Volume, VolumeMount};
+use serde_json::{json, Value};
+use std::path::Path;
+
+use crate::config::{Arg, Config, HostPathMount};
+use crate::host::Layout;
+
+pub const ETCD: &str = "etcd";
+pub const CONTROL_PLANE: [&str; 3] = [
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+];
+
+fn builtin_template(component: &str) -> Option<&'static str> {
+    Some(match component {
+        "etcd" => include_str!("../../templates/etcd.yaml.hbs"),
+        "kube-apiserver" => include_str!("../../templates/kube-apiserver.yaml.hbs"),
+        "kube-controller-manager" => {
+            include_str!("../../templates/kube-controller-manager.yaml.hbs")
+        }
+        "kube-scheduler" => include_str!("../../templates/kube-scheduler.yaml.hbs"),
+        _ => return None,
+    })
+}
+
+/// CA trust directories mounted into the API server and controller-manager when the host has
+/// them, as kubeadm does (`ca-certs` always).
+const CA_TRUST: &[(&str, &str)] = &[
+    ("ca-certs", "/etc/ssl/certs"),
+    ("etc-ca-certificates", "/etc/ca-certificates"),
+    ("etc-pki-ca-trust", "/etc/pki/ca-trust"),
+    ("etc-pki-tls-certs", "/etc/pki/tls/certs"),
+    (
+        "usr-local-share-ca-certificates",
+        "/usr/local/share/ca-certificates",
+    ),
+    ("usr-share-ca-certificates", "/usr/share/ca-certificates"),
+];
+
+/// (major, minor, patch) of a `v1.35.6` / `3.6.6-0` style version.
+fn semver(v: &str) -> Option<(u32, u32, u32)> {
+    let core = v.trim_start_matches('v').split(['-', '+']).next()?;
+    let mut parts = core.split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??, parts.next()??))
+}
+
+pub fn kubernetes_minor(cfg: &Config) -> u32 {
+    semver(&cfg.cluster.kubernetes_version)
+        .map(|v| v.1)
+        .expect("validated")
+}
+
+/// kubeadm v1.35's etcd table: 1.33 → 3.5.24-0, newer → 3.6.6-0; `etcd.local.imageTag` wins.
+pub fn etcd_image_tag(cfg: &Config) -> String {
+    if let Some(tag) = cfg
+        .cluster
+        .etcd
+        .local
+        .as_ref()
+        .map(|l| &l.image_tag)
+        .filter(|t| !t.is_empty())
+    {
+        return tag.clone();
+    }
+    if kubernetes_minor(cfg) <= 33 {
+        "3.5.24-0"
+    } else {
+        "3.6.6-0"
+    }
+    .into()
+}
+
+fn image(cfg: &Config, name: &str, tag: &str, repo_override: Option<&str>) -> String {
+    let repo = repo_override
+        .filter(|r| !r.is_empty())
+        .unwrap_or(&cfg.cluster.image_repository);
+    format!("{repo}/{name}:{}", tag.replace('+', "_"))
+}
+
+/// `kubeforge config images list`, in kubeadm's order.
+pub fn images(cfg: &Config) -> Vec<String> {
+    let v = &cfg.cluster.kubernetes_version;
+    let mut list: Vec<String> = CONTROL_PLANE
+        .iter()
+        .map(|c| image(cfg, c, v, None))
+        .collect();
+    if !cfg.cluster.proxy.disabled {
+        list.push(image(cfg, "kube-proxy", v, None));
+    }
+    if !cfg.cluster.dns.disabled {
+        let default_repo = cfg.cluster.image_repository == "registry.k8s.io";
+        let name = if default_repo {
+            "coredns/coredns"
+        } else {
+            "coredns"
+        };
+        let tag = Some(cfg.cluster.dns.image_tag.as_str())
+            .filter(|t| !t.is_empty())
+            .unwrap_or("v1.13.1");
+        list.push(image(
+            cfg,
+            name,
+            tag,
+            Some(&cfg.cluster.dns.image_repository),
+        ));
+    }
+    let pause = if kubernetes_minor(cfg) <= 33 {
+        "3.10"
+    } else {
+        "3.10.1"
+    };
+    list.push(image(cfg, "pause", pause, None));
+    if let Some(local) = &cfg.cluster.etcd.local {
+        list.push(image(
+            cfg,
+            "etcd",
+            &etcd_image_tag(cfg),
+            Some(&local.image_repository),
+        ));
+    }
+    list
+}
+
+fn is_ipv6(addr: &str) -> bool {
+    addr.parse::<std::net::Ipv6Addr>().is_ok()
+}
+
+fn bracket(addr: &str) -> String {
+    if is_ipv6(addr) {
+        format!("[{addr}]")
+    } else {
+        addr.to_string()
+    }
+}
+
+/// The template data of one component.
+fn data(cfg: &Config, layout: &Layout, component: &str) -> Result<Value> {
+    let minor = kubernetes_minor(cfg);
+    let adv = cfg.init.local_api_endpoint.advertise_address.clone();
+    let port = cfg.bind_port();
+    let pki = layout.pki_dir.display().to_string();
+    let named = minor >= 34;
+    let health = cfg
+        .init
+        .timeouts
+        .control_plane_component_health_check
+        .0
+        .as_secs();
+    let probe = |host: &str, numeric_port: u16| {
+        json!({
+            "named": named,
+            "port": if named { json!("probe-port") } else { json!(numeric_port) },
+            "host": host,
+            "initialDelaySeconds": 10,
+            "startupPeriodSeconds": 10,
+            "startupFailureThreshold": health.div_ceil(10),
+        })
+    };
+    let ca_trust: Vec<Value> = CA_TRUST
+        .iter()
+        .filter(|(name, path)| *name == "ca-certs" || Path::new(path).is_dir())
+        .map(|(name, path)| json!({ "name": name, "path": path }))
+        .collect();
+    let arg = |args: &[Arg], name: &str| {
+        args.iter()
+            .rev()
+            .find(|a| a.name == name)
+            .map(|a| a.value.clone())
+    };
+    let loopback = if is_ipv6(&adv) { "::1" } else { "127.0.0.1" };
+    Ok(match component {
+        "kube-apiserver" => {
+            let etcd = match &cfg.cluster.etcd.external {
+                Some(ext) => {
+                    let mut dirs: Vec<String> = Vec::new();
+                    for f in [&ext.ca_file, &ext.cert_file, &ext.key_file] {
+                        let dir = Path::new(f)
+                            .parent()
+                            .map(|d| d.display().to_string())
+                            .unwrap_or_default();
+                        if !dir.is_empty()
+                            && !Path::new(&dir).starts_with(&layout.pki_dir)
+                            && !dirs.contains(&dir)
+                        {
+                            dirs.push(dir);
+                        }
+                    }
+                    json!({
+                        "caFile": ext.ca_file, "certFile": ext.cert_file, "keyFile": ext.key_file,
+                        "servers": ext.endpoints.join(","),
+                        "volumes": dirs.iter().enumerate().map(|(i, d)| json!({"name": format!("etcd-certs-{i}"), "path": d})).collect::<Vec<_>>(),
+                    })
+                }
+                None => json!({
+                    "caFile": format!("{pki}/etcd/ca.crt"),
+                    "certFile": format!("{pki}/apiserver-etcd-client.crt"),
+                    "keyFile": format!("{pki}/apiserver-etcd-client.key"),
+                    "servers": format!("https://{}:2379", bracket(loopback)),
+                    "volumes": [],
+                }),
+            };
+            let host = if adv == "0.0.0.0" || adv == "::" {
+                String::new()
+            } else {
+                adv.clone()
+            };
+            json!({
+                "image": image(cfg, component, &cfg.cluster.kubernetes_version, None),
+                "endpoint": format!("{}:{port}", bracket(&adv)),
+                "advertiseAddress": adv,
+                "bindPort": port,
+                "dnsDomain": cfg.cluster.networking.dns_domain,
+                "serviceSubnet": cfg.cluster.networking.service_subnet,
+                "pki": pki,
+                "etcd": etcd,
+                "caTrust": ca_trust,
+                "probe": probe(&host, port),
+            })
+        }
+        "kube-controller-manager" => {
+            let args = &cfg.cluster.controller_manager.extra_args;
+            let host = arg(args, "bind-address").unwrap_or_else(|| "127.0.0.1".into());
+            let host = if host == "0.0.0.0" || host == "::" {
+                String::new()
+            } else {
+                host
+            };
+            let external_ca =
+                !layout.pki_dir.join("ca.key").exists() && layout.pki_dir.join("ca.crt").exists();
+            let (cert, key) = if external_ca {
+                (String::new(), String::new())
+            } else {
+                (format!("{pki}/ca.crt"), format!("{pki}/ca.key"))
+            };
+            json!({
+                "image": image(cfg, component, &cfg.cluster.kubernetes_version, None),
+                "kubeconfig": layout.kubeconfig("controller-manager.conf"),
+                "pki": pki,
+                "podSubnet": cfg.cluster.networking.pod_subnet,
+                "serviceSubnet": cfg.cluster.networking.service_subnet,
+                "clusterName": cfg.cluster.cluster_name,
+                "signingCert": cert,
+                "signingKey": key,
+                "caTrust": ca_trust,
+                "probe": probe(&host, 10257),
+            })
+        }
+        "kube-scheduler" => {
+            let args = &cfg.cluster.scheduler.extra_args;
+            let host = arg(args, "bind-address").unwrap_or_else(|| "127.0.0.1".into());
+            let host = if host == "0.0.0.0" || host == "::" {
+                String::new()
+            } else {
+                host
+            };
+            json!({
+                "image": image(cfg, component, &cfg.cluster.kubernetes_version, None),
+                "kubeconfig": layout.kubeconfig("scheduler.conf"),
+                "probe": probe(&host, 10259),
+            })
+        }
+        "etcd" => {
+            let local = cfg
+                .cluster
+                .etcd
+                .local
+                .as_ref()
+                .ok_or_else(|| anyhow!("etcd is external"))?;
+            let tag = etcd_image_tag(cfg);
+            let version = semver(&tag);
+            let etcd36 = version.is_some_and(|v| v >= (3, 6, 0));
+            // /livez and /readyz exist from etcd 3.5.11 on; older etcd only has /health.
+            let probes = if version.is_none_or(|v| v >= (3, 5, 11)) {
+                json!({ "liveness": "/livez", "readiness": "/readyz", "startup": "/readyz" })
+            } else {
+                json!({ "liveness": "/health?exclude=NOSPACE&serializable=true", "readiness": "", "startup": "/health?serializable=false" })
+            };
+            let node = &cfg.init.node_registration.name;
+            let peer = format!("https://{}:2380", bracket(&adv));
+            json!({
+                "image": image(cfg, "etcd", &tag, Some(&local.image_repository)),
+                "clientUrl": format!("https://{}:2379", bracket(&adv)),
+                "peerUrl": peer,
+                "initialCluster": format!("{node}={peer}"),
+                "listenClientUrls": format!("https://{}:2379,https://{}:2379", bracket(loopback), bracket(&adv)),
+                "loopback": loopback,
+                "loopbackHost": bracket(loopback),
+                "metricsPort": 2381,
+                "nodeName": node,
+                "dataDir": local.data_dir,
+                "pki": pki,
+                "etcd36": etcd36,
+                "probes": probes,
+                "probe": probe(loopback, 2381),
+            })
+        }
+        other => bail!("unknown component {other}"),
+    })
+}
+
+/// Renders one component's manifest as the bytes to write.
+pub fn render(
+    cfg: &Config,
+    layout: &Layout,
+    component: &str,
+    templates: Option<&Path>,
+) -> Result<String> {
+    let template = match templates {
+        Some(dir) => {
+            let path = dir.join(format!("{component}.yaml.hbs"));
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("reading the template {}", path.display()))?
+        }
+        None => builtin_template(component)
+            .ok_or_else(|| anyhow!("no template for {component}"))?
+            .to_string(),
+    };
+    let mut hb = Handlebars::new();
+    hb.set_strict_mode(true);
+    hb.register_escape_fn(handlebars::no_escape);
+    let text = hb
+        .render_template(&template, &data(cfg, layout, component)?)
+        .with_context(|| format!("rendering the {component} template"))?;
+    let mut pod: Pod = serde_yaml::from_str(&text)
+        .with_context(|| format!("the rendered {component} manifest is not a valid Pod"))?;
+    complete(cfg, component, &mut pod)?;
+    Ok(serialize(&pod))
+}
+
+fn component_extras(
+    cfg: &Config,
+    component: &str,
+) -> (Vec<Arg>, Vec<HostPathMount>, Vec<crate::config::EnvVar>) {
+    let c = &cfg.cluster;
+    match component {
+        "kube-apiserver" => (
+            c.api_server.extra_args.clone(),
+            c.api_server.extra_volumes.clone(),
+            c.api_server.extra_envs.clone(),
+        ),
+        "kube-controller-manager" => (
+            c.controller_manager.extra_args.clone(),
+            c.controller_manager.extra_volumes.clone(),
+            c.controller_manager.extra_envs.clone(),
+        ),
+        "kube-scheduler" => (
+            c.scheduler.extra_args.clone(),
+            c.scheduler.extra_volumes.clone(),
+            c.scheduler.extra_envs.clone(),
+        ),
+        _ => {
+            let local = c.etcd.local.clone().unwrap_or_default();
+            (local.extra_args, vec![], local.extra_envs)
+        }
+    }
+}
+
+/// extraArgs (a user flag replaces the default of that name, user flags appended in their order),
+/// extraVolumes (sorted in by name), proxy environment and extraEnvs (sorted by name).
+fn complete(cfg: &Config, component: &str, pod: &mut Pod) -> Result<()> {
+    let (args, volumes, envs) = component_extras(cfg, component);
+    let spec = pod
+        .spec
+        .as_mut()
+        .ok_or_else(|| anyhow!("{component}: the manifest has no spec"))?;
+    let container = spec
+        .containers
+        .first_mut()
+        .ok_or_else(|| anyhow!("{component}: the manifest has no container"))?;
+    let command = container.command.get_or_insert_with(Vec::new);
+    let flag_name = |f: &str| {
+        f.trim_start_matches('-')
+            .split('=')
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    command.retain(|f| !f.starts_with("--") || !args.iter().any(|a| a.name == flag_name(f)));
+    command.extend(args.iter().map(|a| format!("--{}={}", a.name, a.value)));
+
+    let mut env: Vec<EnvVar> = Vec::new();
+    if component != ETCD {
+        let mut proxies: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, v)| k.to_lowercase().ends_with("_proxy") && !v.is_empty())
+            .collect();
+        proxies.sort();
+        env.extend(proxies.into_iter().map(|(name, value)| EnvVar {
+            name,
+            value: Some(value),
+            value_from: None,
+        }));
+    }
+    for e in envs {
+        env.retain(|x| x.name != e.name);
+        let value_from = e
+            .value_from
+            .map(serde_yaml::from_value)
+            .transpose()
+            .context("extraEnvs valueFrom")?;
+        env.push(EnvVar {
+            name: e.name,
+            value: (!e.value.is_empty()).then_some(e.value),
+            value_from,
+        });
+    }
+    env.sort_by(|a, b| a.name.cmp(&b.name));
+    if !env.is_empty() {
+        container.env = Some(env);
+    }
+
+    if component != ETCD {
+        let mounts = container.volume_mounts.get_or_insert_with(Vec::new);
+        let vols = spec.volumes.get_or_insert_with(Vec::new);
+        for v in volumes {
+            mounts.retain(|m| m.name != v.name);
+            vols.retain(|x| x.name != v.name);
+            mounts.push(VolumeMount {
+                name: v.name.clone(),
+                mount_path: v.mount_path.clone(),
+                read_only: v.read_only.then_some(true),
+                ..Default::default()
+            });
+            vols.push(Volume {
+                name: v.name.clone(),
+                host_path: Some(HostPathVolumeSource {
+                    path: v.host_path.clone(),
+                    type_: (!v.path_type.is_empty()).then_some(v.path_type.clone()),
+                }),
+                ..Default::default()
+            });
+        }
+        mounts.sort_by(|a, b| a.name.cmp(&b.name));
+        vols.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    Ok(())
+}
+
+/// JSON-shaped YAML with every mapping's keys sorted, plus kubeadm's `status: {}`.
+fn serialize(pod: &Pod) -> String {
+    fn sorted(v: Value) -> serde_yaml::Value {
+        match v {
+            Value::Object(map) => {
+                let mut entries: Vec<_> = map.into_iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                serde_yaml::Value::Mapping(
+                    entries
+                        .into_iter()
+                        .map(|(k, v)| (k.into(), sorted(v)))
+                        .collect(),
+                )
+            }
+            Value::Array(items) => {
+                serde_yaml::Value::Sequence(items.into_iter().map(sorted).collect())
+            }
+            other => serde_yaml::to_value(other).expect("scalars convert"),
+        }
+    }
+    let mut value = serde_json::to_value(pod).expect("a Pod serializes");
+    value["status"] = json!({});
+    serde_yaml::to_string(&sorted(value)).expect("YAML serializes")
+}

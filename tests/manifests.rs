@@ -1,0 +1,288 @@
+//! Static pod manifests: byte-for-byte kubeadm v1.35.6's for its own config, accepted by
+//! kubernetes-validate --strict for every supported version, and the rendered etcd command line
+//! run by Debian's real etcd, answering on the rendered probe URLs.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const COMPONENTS: [&str; 4] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+];
+
+/// Renders the manifests of `config_text` through `init --dry-run` and returns the manifests dir.
+fn render(node: &Node, config_text: &str) -> PathBuf {
+    std::fs::write(node.config_path(), config_text).unwrap();
+    let out = node.run_ok(&[
+        "init",
+        "--dry-run",
+        "--config",
+        node.config_path().to_str().unwrap(),
+    ]);
+    let dir = out
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("[dryrun] Writing files into \"")
+                .and_then(|r| r.strip_suffix("\" instead of the node"))
+        })
+        .expect("dry-run names its directory");
+    // Keep what the dry-run wrote inside the node's temp dir, so it is cleaned up with it.
+    let kept = node.root().join(format!(
+        "dryrun-{}",
+        node.root().read_dir().unwrap().count()
+    ));
+    std::fs::rename(dir, &kept).unwrap();
+    let manifests = kept
+        .join(node.kubernetes_dir().strip_prefix("/").unwrap())
+        .join("manifests");
+    assert_eq!(mode(&manifests), 0o700);
+    manifests
+}
+
+#[test]
+fn manifests_equal_kubeadms_for_its_config() {
+    // kubeadm mounts the CA trust directories the host has; the reference host (Debian) had these.
+    for dir in [
+        "/etc/ssl/certs",
+        "/etc/ca-certificates",
+        "/usr/share/ca-certificates",
+        "/usr/local/share/ca-certificates",
+    ] {
+        assert!(
+            Path::new(dir).is_dir(),
+            "this test needs a Debian-like host with {dir}"
+        );
+    }
+    for dir in ["/etc/pki/ca-trust", "/etc/pki/tls/certs"] {
+        assert!(
+            !Path::new(dir).exists(),
+            "this test needs a Debian-like host without {dir}"
+        );
+    }
+    let node = Node::new();
+    let reference = std::fs::read_to_string(reference_dir().join("kubeadm-config.yaml")).unwrap();
+    // The reference ran with the default paths; only the kubernetes dir is redirected here.
+    let cfg = reference.replace(
+        "kubernetesVersion: v1.35.6\n",
+        "kubernetesVersion: v1.35.6\ncertificatesDir: /etc/kubernetes/pki\n",
+    );
+    let node_dir = node.kubernetes_dir();
+    let manifests = render(&node, &cfg);
+    for c in COMPONENTS {
+        let ours = std::fs::read_to_string(manifests.join(format!("{c}.yaml"))).unwrap();
+        let ours = ours.replace(node_dir.to_str().unwrap(), "/etc/kubernetes");
+        let theirs =
+            std::fs::read_to_string(reference_dir().join(format!("manifests/{c}.yaml"))).unwrap();
+        assert_eq!(ours, theirs, "{c}.yaml differs from kubeadm v1.35.6's");
+        assert_eq!(mode(&manifests.join(format!("{c}.yaml"))), 0o600);
+    }
+}
+
+fn cluster_config(node: &Node, version: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\nlocalAPIEndpoint:\n  advertiseAddress: 192.0.2.2\nnodeRegistration:\n  name: cp1\n---\napiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nkubernetesVersion: {version}\ncertificatesDir: {pki}\nnetworking:\n  podSubnet: 10.244.0.0/16\n{extra}",
+        pki = node.pki().display()
+    )
+}
+
+#[test]
+fn kubernetes_validate_accepts_every_manifest_for_every_version() {
+    for version in ["v1.33.4", "v1.34.2", "v1.35.6", "v1.36.3", "v1.37.0"] {
+        let node = Node::new();
+        let extra = "apiServer:\n  extraArgs:\n  - name: audit-log-maxage\n    value: \"7\"\n  extraVolumes:\n  - name: audit\n    hostPath: /var/log/audit\n    mountPath: /var/log/audit\n    pathType: DirectoryOrCreate\n  extraEnvs:\n  - name: GOMAXPROCS\n    value: \"2\"\n";
+        let manifests = render(&node, &cluster_config(&node, version, extra));
+        let minor = version.trim_start_matches('v').rsplit_once('.').unwrap().0;
+        // kubernetes-validate knows schemas up to its own release.
+        let schema = if minor > "1.35" {
+            "1.35.0".to_string()
+        } else {
+            format!("{minor}.0")
+        };
+        for c in COMPONENTS {
+            let file = manifests.join(format!("{c}.yaml"));
+            let out = run_tool(
+                "kubernetes-validate",
+                &["--strict", "-k", &schema, file.to_str().unwrap()],
+            );
+            assert!(
+                out.status.success(),
+                "{version} {c}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let apiserver = std::fs::read_to_string(manifests.join("kube-apiserver.yaml")).unwrap();
+        assert!(
+            apiserver.contains("- --tls-private-key-file=")
+                && apiserver.contains("- --audit-log-maxage=7\n")
+        );
+        let named = version != "v1.33.4";
+        assert_eq!(
+            apiserver.contains("port: probe-port"),
+            named,
+            "{version}: probe port style"
+        );
+    }
+}
+
+/// A network namespace with one address on its loopback interface: the "host" of one etcd.
+struct Netns(String);
+
+impl Netns {
+    fn new(addr: &str) -> Netns {
+        let name = format!("kf-test-{}", std::process::id());
+        let ip = |args: &[&str]| tool_ok("ip", args);
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{addr}/32"),
+            "dev",
+            "lo",
+        ]);
+        Netns(name)
+    }
+    fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "pids", &self.0])
+            .output()
+            .map(|o| {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").arg(pid).status();
+                }
+            });
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn debian_etcd_runs_the_rendered_etcd_command() {
+    require_tool("etcd");
+    let node = Node::new();
+    // Debian's etcd is 3.4: the manifest must use 3.4's flags and probe paths.
+    let text = cluster_config(
+        &node,
+        "v1.35.6",
+        &format!(
+            "etcd:\n  local:\n    imageTag: 3.4.23-0\n    dataDir: {}/var/lib/etcd\n",
+            node.root().display()
+        ),
+    )
+    .replace("192.0.2.2", "10.213.0.1");
+    std::fs::write(node.config_path(), &text).unwrap();
+    let cfg = node.config_path();
+    let cfg = cfg.to_str().unwrap();
+    node.run_ok(&["init", "phase", "certs", "all", "--config", cfg]);
+    node.run_ok(&["init", "phase", "etcd", "local", "--config", cfg]);
+    let manifest = node.kubernetes_dir().join("manifests/etcd.yaml");
+    let pod: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    let container = &pod["spec"]["containers"][0];
+    let command: Vec<String> = container["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        command.contains(&"--experimental-initial-corrupt-check=true".to_string()),
+        "{command:?}"
+    );
+    assert_eq!(mode(&node.root().join("var/lib/etcd")), 0o700);
+
+    let ns = Netns::new("10.213.0.1");
+    let log = std::fs::File::create(node.root().join("etcd.log")).unwrap();
+    let mut etcd = ns
+        .cmd("etcd")
+        .args(&command[1..])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    // The rendered probes, as the kubelet would call them.
+    let probe_url = |probe: &str| {
+        let get = &container[probe]["httpGet"];
+        format!(
+            "http://{}:2381{}",
+            get["host"].as_str().unwrap(),
+            get["path"].as_str().unwrap()
+        )
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut healthy = false;
+    while std::time::Instant::now() < deadline && !healthy {
+        healthy = ["livenessProbe", "startupProbe"].iter().all(|p| {
+            ns.cmd("curl")
+                .args(["-sf", "--max-time", "2", &probe_url(p)])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let etcd_log = std::fs::read_to_string(node.root().join("etcd.log")).unwrap_or_default();
+    assert!(
+        healthy,
+        "etcd never answered its rendered probes: {}\n{etcd_log}",
+        probe_url("livenessProbe")
+    );
+    // kube-apiserver's --etcd-* files and --etcd-servers reach it.
+    let api: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(render(&node, &text).join("kube-apiserver.yaml")).unwrap(),
+    )
+    .unwrap();
+    let flag = |name: &str| {
+        api["spec"]["containers"][0]["command"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find_map(|f| {
+                f.as_str()
+                    .unwrap()
+                    .strip_prefix(&format!("--{name}="))
+                    .map(str::to_string)
+            })
+            .unwrap()
+    };
+    let out = ns
+        .cmd("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &flag("etcd-servers"),
+            "--cacert",
+            &flag("etcd-cafile"),
+            "--cert",
+            &flag("etcd-certfile"),
+            "--key",
+            &flag("etcd-keyfile"),
+            "endpoint",
+            "health",
+        ])
+        .output()
+        .unwrap();
+    let _ = etcd.kill();
+    let _ = etcd.wait();
+    assert!(
+        out.status.success(),
+        "etcdctl with the apiserver's flags: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
