@@ -3,6 +3,7 @@ mod config;
 mod fault;
 mod host;
 mod kubeconfig;
+mod kubelet;
 mod output;
 mod phases;
 mod pki;

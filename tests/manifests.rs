@@ -44,7 +44,7 @@ fn render(node: &Node, config_text: &str) -> PathBuf {
 }
 
 #[test]
-fn manifests_equal_kubeadms_for_its_config() {
+fn manifests_and_kubelet_files_equal_kubeadms_for_its_config() {
     // kubeadm mounts the CA trust directories the host has; the reference host (Debian) had these.
     for dir in [
         "/etc/ssl/certs",
@@ -79,6 +79,31 @@ fn manifests_equal_kubeadms_for_its_config() {
             std::fs::read_to_string(reference_dir().join(format!("manifests/{c}.yaml"))).unwrap();
         assert_eq!(ours, theirs, "{c}.yaml differs from kubeadm v1.35.6's");
         assert_eq!(mode(&manifests.join(format!("{c}.yaml"))), 0o600);
+    }
+    // The kubelet's files; kubeadm-flags.env carries --hostname-override because the reference
+    // node's name (cp1) is not its OS hostname — nor this machine's.
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_ne!(
+        hostname.trim(),
+        "cp1",
+        "this test needs a host not named cp1"
+    );
+    let dry_run_root = manifests
+        .ancestors()
+        .nth(node.kubernetes_dir().components().count())
+        .unwrap();
+    let kubelet_dir = dry_run_root.join(
+        node.root()
+            .join("var/lib/kubelet")
+            .strip_prefix("/")
+            .unwrap(),
+    );
+    for f in ["config.yaml", "instance-config.yaml", "kubeadm-flags.env"] {
+        let ours = std::fs::read_to_string(kubelet_dir.join(f)).unwrap();
+        let ours = ours.replace(node_dir.to_str().unwrap(), "/etc/kubernetes");
+        let theirs = std::fs::read_to_string(reference_dir().join(format!("kubelet/{f}"))).unwrap();
+        assert_eq!(ours, theirs, "{f} differs from kubeadm v1.35.6's");
+        assert_eq!(mode(&kubelet_dir.join(f)), 0o644, "{f} mode");
     }
 }
 

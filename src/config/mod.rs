@@ -33,7 +33,6 @@ pub struct Config {
     pub init: InitConfiguration,
     pub cluster: ClusterConfiguration,
     /// The KubeletConfiguration document, passed through as written.
-    #[allow(dead_code)] // merged into the kubelet's config.yaml by the kubelet-start phase
     pub kubelet: Option<serde_yaml::Value>,
     /// The KubeProxyConfiguration document, passed through as written.
     #[allow(dead_code)] // uploaded by the kube-proxy addon phase
@@ -525,7 +524,6 @@ impl ClusterConfiguration {
     }
 
     /// The cluster DNS IP: the 10th address of the first service CIDR.
-    #[allow(dead_code)] // the kubelet's clusterDNS and the kube-dns Service
     pub fn dns_ip(&self) -> IpAddr {
         self.first_service_cidr().nth(10)
     }

@@ -12,15 +12,12 @@ pub struct Layout {
     /// `/etc/kubernetes` (`--kubernetes-dir`): kubeconfigs live here.
     pub kubernetes_dir: PathBuf,
     /// `<kubernetes_dir>/manifests`: the kubelet's staticPodPath.
-    #[allow(dead_code)] // written by the control-plane and etcd phases
     pub manifests_dir: PathBuf,
     /// `certificatesDir` from the config (default `<kubernetes_dir>/pki`).
     pub pki_dir: PathBuf,
     /// `/var/lib/kubelet` (`--kubelet-dir`).
-    #[allow(dead_code)] // written by the kubelet-start phase
     pub kubelet_dir: PathBuf,
     /// `etcd.local.dataDir`.
-    #[allow(dead_code)] // created by the etcd phase
     pub etcd_data_dir: PathBuf,
     /// `<kubernetes_dir>/tmp`: backups of replaced files.
     pub backup_dir: PathBuf,

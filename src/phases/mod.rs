@@ -4,6 +4,7 @@
 
 mod certs;
 mod kubeconfig;
+mod kubelet;
 mod manifests;
 
 use anyhow::Result;
@@ -79,6 +80,7 @@ pub const INIT: &[Phase] = &[
     kubeconfig::PHASE,
     manifests::ETCD,
     manifests::CONTROL_PLANE,
+    kubelet::PHASE,
 ];
 
 pub fn find(phases: &'static [Phase], name: &str) -> Option<&'static Phase> {

@@ -442,8 +442,16 @@ fn complete(cfg: &Config, component: &str, pod: &mut Pod) -> Result<()> {
     Ok(())
 }
 
-/// JSON-shaped YAML with every mapping's keys sorted, plus kubeadm's `status: {}`.
+/// The manifest as kubeadm writes it: sorted keys and `status: {}`.
 fn serialize(pod: &Pod) -> String {
+    let mut value = serde_json::to_value(pod).expect("a Pod serializes");
+    value["status"] = json!({});
+    to_yaml(value)
+}
+
+/// YAML the way kubeadm's Go marshaller writes it: every mapping's keys sorted, and strings that
+/// would read as numbers, booleans or null double-quoted (serde_yaml single-quotes them).
+pub fn to_yaml(value: Value) -> String {
     fn sorted(v: Value) -> serde_yaml::Value {
         match v {
             Value::Object(map) => {
@@ -462,7 +470,36 @@ fn serialize(pod: &Pod) -> String {
             other => serde_yaml::to_value(other).expect("scalars convert"),
         }
     }
-    let mut value = serde_json::to_value(pod).expect("a Pod serializes");
-    value["status"] = json!({});
-    serde_yaml::to_string(&sorted(value)).expect("YAML serializes")
+    let text = serde_yaml::to_string(&sorted(value)).expect("YAML serializes");
+    text.lines()
+        .map(|line| {
+            let Some(quoted) = line.strip_suffix('\'').and_then(|l| l.rsplit_once(" '")) else {
+                return format!("{line}\n");
+            };
+            let (head, inner) = quoted;
+            let plain_would_change_type = serde_yaml::from_str::<serde_yaml::Value>(inner)
+                .map(|v| !v.is_string())
+                .unwrap_or(false);
+            if plain_would_change_type && !inner.contains(['\'', '"', '\\']) {
+                format!("{head} \"{inner}\"\n")
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_quotes_like_go() {
+        let v =
+            json!({"b": "0", "a": {"d": "true", "c": "[::1]:6443"}, "e": "x", "f": ["10", "y"]});
+        assert_eq!(
+            to_yaml(v),
+            "a:\n  c: '[::1]:6443'\n  d: \"true\"\nb: \"0\"\ne: x\nf:\n- \"10\"\n- y\n"
+        );
+    }
 }
