@@ -122,6 +122,20 @@ fn run(cli: Cli) -> Result<()> {
             let cfg = config::load(config.as_deref(), &overrides, &global.kubernetes_dir)?;
             pki::expiration::report(&cfg, &global.kubernetes_dir, out)
         }
+        Command::Reset {
+            force,
+            dry_run,
+            cert_dir,
+        } => {
+            let pki = cert_dir.unwrap_or_else(|| global.kubernetes_dir.join("pki"));
+            let layout = host::Layout::new(
+                &global.kubernetes_dir,
+                &global.kubelet_dir,
+                &pki,
+                Path::new("/var/lib/etcd"),
+            );
+            phases::reset::run(&layout, out, force, dry_run)
+        }
         Command::Certs(CertsCommand::CertificateKey) => {
             println!("{}", hex::encode(rand::random::<[u8; 32]>()));
             Ok(())

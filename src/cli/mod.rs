@@ -56,6 +56,18 @@ pub enum Command {
     /// Certificate management.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Remove everything kubeforge wrote on this node (from its journal).
+    Reset {
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        force: bool,
+        /// Only print what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Where certificates are stored, if not <kubernetes-dir>/pki.
+        #[arg(long, value_name = "DIR")]
+        cert_dir: Option<PathBuf>,
+    },
     /// Print the version of kubeforge.
     Version,
     /// Print a shell completion script.

@@ -2,7 +2,7 @@
 
 mod writer;
 
-pub use writer::{HostWriter, Outcome};
+pub use writer::{journal_entries, HostWriter, Outcome};
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +38,11 @@ impl Layout {
             etcd_data_dir: etcd_data_dir.to_path_buf(),
             backup_dir: kubernetes_dir.join("tmp"),
         }
+    }
+
+    /// The host writer's journal of every path it created.
+    pub fn journal(&self) -> PathBuf {
+        self.backup_dir.join("kubeforge-journal")
     }
 
     pub fn kubeconfig(&self, file: &str) -> PathBuf {

@@ -29,7 +29,77 @@ pub struct HostWriter {
     dry_run_root: Option<PathBuf>,
     backup_root: PathBuf,
     backup_run_dir: Option<PathBuf>,
+    /// Every path kubeforge created on this node, written ahead of creating it, so that `reset`
+    /// knows exactly what to remove even after a crash.
+    journal: Option<Journal>,
     _lock: Option<nix::fcntl::Flock<File>>,
+}
+
+struct Journal {
+    path: PathBuf,
+    entries: std::collections::BTreeSet<PathBuf>,
+}
+
+impl Journal {
+    fn load(path: PathBuf) -> Result<Journal> {
+        let entries = read_opt(&path)?
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .lines()
+                    .map(PathBuf::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Journal { path, entries })
+    }
+
+    fn note(&mut self, path: &Path) -> Result<()> {
+        if self.entries.contains(path) {
+            return Ok(());
+        }
+        if let Some(dir) = self.path.parent() {
+            if !dir.is_dir() {
+                fs::create_dir_all(dir)?;
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+                self.entries.insert(dir.to_path_buf());
+                append_line(&self.path, dir)?;
+            }
+        }
+        append_line(&self.path, path)?;
+        self.entries.insert(path.to_path_buf());
+        Ok(())
+    }
+}
+
+fn append_line(journal: &Path, entry: &Path) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(journal)
+        .with_context(|| format!("opening the journal {}", journal.display()))?;
+    writeln!(f, "{}", entry.display())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// The journal of a node: every path kubeforge created there, in creation order's set.
+pub fn journal_entries(layout: &Layout) -> Result<Vec<PathBuf>> {
+    Ok(Journal::load(layout.journal())?
+        .entries
+        .into_iter()
+        .collect())
+}
+
+/// The directories `create_dir_all_mode(path)` would create, outermost first.
+fn missing_dirs(path: &Path) -> Vec<PathBuf> {
+    let mut missing: Vec<PathBuf> = path
+        .ancestors()
+        .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
+        .map(Path::to_path_buf)
+        .collect();
+    missing.reverse();
+    missing
 }
 
 impl HostWriter {
@@ -46,9 +116,11 @@ impl HostWriter {
                 dry_run_root: Some(dir),
                 backup_root: layout.backup_dir.clone(),
                 backup_run_dir: None,
+                journal: None,
                 _lock: None,
             });
         }
+        let new_dirs = missing_dirs(&layout.kubernetes_dir);
         create_dir_all_mode(&layout.kubernetes_dir, 0o755)?;
         let dir = File::open(&layout.kubernetes_dir)
             .with_context(|| format!("opening {}", layout.kubernetes_dir.display()))?;
@@ -59,10 +131,15 @@ impl HostWriter {
                     layout.kubernetes_dir.display()
                 )
             })?;
+        let mut journal = Journal::load(layout.journal())?;
+        for dir in new_dirs {
+            journal.note(&dir)?;
+        }
         Ok(HostWriter {
             dry_run_root: None,
             backup_root: layout.backup_dir.clone(),
             backup_run_dir: None,
+            journal: Some(journal),
             _lock: Some(lock),
         })
     }
@@ -92,7 +169,17 @@ impl HostWriter {
     }
 
     pub fn ensure_dir(&mut self, path: &Path, mode: u32) -> Result<()> {
+        self.note_new_dirs(path)?;
         create_dir_all_mode(&self.target(path), mode)
+    }
+
+    fn note_new_dirs(&mut self, dir: &Path) -> Result<()> {
+        if let Some(journal) = &mut self.journal {
+            for d in missing_dirs(dir) {
+                journal.note(&d)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn write(&mut self, path: &Path, contents: &[u8], mode: u32) -> Result<Outcome> {
@@ -110,6 +197,7 @@ impl HostWriter {
         }
         let target = self.target(path);
         if let Some(parent) = target.parent() {
+            self.note_new_dirs(parent)?;
             create_dir_all_mode(parent, 0o755)?;
         }
         if self.dry_run_root.is_some() {
@@ -123,6 +211,9 @@ impl HostWriter {
                 Ok(Outcome::Replaced { backup })
             }
             None => {
+                if let Some(journal) = &mut self.journal {
+                    journal.note(path)?;
+                }
                 write_atomic(path, contents, mode)?;
                 Ok(Outcome::Created)
             }

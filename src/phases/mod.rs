@@ -6,6 +6,7 @@ mod certs;
 mod kubeconfig;
 mod kubelet;
 mod manifests;
+pub mod reset;
 
 use anyhow::Result;
 use time::OffsetDateTime;
