@@ -51,7 +51,7 @@ fn reset_removes_every_journaled_path_and_nothing_else() {
     let left: Vec<_> = node.snapshot().into_keys().collect();
     assert_eq!(
         left,
-        vec![foreign, node.config_path()],
+        vec![node.config_path(), foreign],
         "reset left or removed the wrong files"
     );
     assert!(
