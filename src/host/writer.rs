@@ -38,6 +38,8 @@ pub struct HostWriter {
 struct Journal {
     path: PathBuf,
     entries: std::collections::BTreeSet<PathBuf>,
+    /// Directories created for the lock, not journaled until something is written.
+    pending: Vec<PathBuf>,
 }
 
 impl Journal {
@@ -50,10 +52,17 @@ impl Journal {
                     .collect()
             })
             .unwrap_or_default();
-        Ok(Journal { path, entries })
+        Ok(Journal {
+            path,
+            entries,
+            pending: Vec::new(),
+        })
     }
 
     fn note(&mut self, path: &Path) -> Result<()> {
+        for dir in std::mem::take(&mut self.pending) {
+            self.note(&dir)?;
+        }
         if self.entries.contains(path) {
             return Ok(());
         }
@@ -132,9 +141,9 @@ impl HostWriter {
                 )
             })?;
         let mut journal = Journal::load(layout.journal())?;
-        for dir in new_dirs {
-            journal.note(&dir)?;
-        }
+        // Journaled with the first file: a run that writes nothing (a failed preflight) leaves
+        // no trace, and Drop removes these again.
+        journal.pending = new_dirs;
         Ok(HostWriter {
             dry_run_root: None,
             backup_root: layout.backup_dir.clone(),
@@ -243,6 +252,16 @@ impl HostWriter {
         let bytes = fs::read(path)?;
         write_atomic(&dest, &bytes, mode)?;
         Ok(dest)
+    }
+}
+
+impl Drop for HostWriter {
+    fn drop(&mut self) {
+        if let Some(journal) = &self.journal {
+            for dir in journal.pending.iter().rev() {
+                let _ = fs::remove_dir(dir);
+            }
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! before anything is written; then the missing keys are generated on every core and the
 //! missing certificates signed in kubeadm's order.
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::json;
 use std::collections::HashMap;
 
@@ -106,7 +106,11 @@ fn run(ctx: &mut Context, sel: &Selection) -> Result<()> {
             ));
             continue;
         }
-        let key = key_pem.as_deref().map(keys::load).transpose()?;
+        let key = key_pem
+            .as_deref()
+            .map(keys::load)
+            .transpose()
+            .with_context(|| key.display().to_string())?;
         let spec = pki::cert_spec(p, &ctx.cfg);
         let issuer = match &p.signer {
             None => None,
@@ -121,7 +125,8 @@ fn run(ctx: &mut Context, sel: &Selection) -> Result<()> {
                 }
             },
         };
-        let found = pki::check(&cert_pem, key.as_ref(), &spec, issuer, ctx.now)?;
+        let found = pki::check(&cert_pem, key.as_ref(), &spec, issuer, ctx.now)
+            .with_context(|| format!("{} is not a usable certificate", crt.display()))?;
         if !found.is_empty() {
             problems.push(format!(
                 "existing certificate {:?} ({}) does not match what the config requires: {}",
@@ -216,7 +221,7 @@ fn run(ctx: &mut Context, sel: &Selection) -> Result<()> {
                     "Using the existing \"sa\" key",
                     json!({ "certificate": "sa", "action": "existing" }),
                 );
-                keys::load(&pem)?
+                keys::load(&pem).with_context(|| sa_key_path.display().to_string())?
             }
             None => {
                 ctx.out.step(
@@ -259,7 +264,8 @@ fn load_ca(ctx: &Context, p: &CertProfile) -> Result<Option<Ca>> {
     let key = read_string(ctx, &key)?
         .as_deref()
         .map(keys::load)
-        .transpose()?;
+        .transpose()
+        .with_context(|| key.display().to_string())?;
     Ca::from_pem(&cert_pem, key)
         .map(Some)
         .map_err(|e| anyhow!("loading {}: {e:#}", crt.display()))

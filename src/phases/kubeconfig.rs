@@ -1,7 +1,7 @@
 //! `kubeconfig`: admin, super-admin, kubelet, controller-manager and scheduler kubeconfigs with
 //! client certificates from the cluster CA. Existing files are kept when they still fit.
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::json;
 
 use super::{certs::load_cluster_ca, Context, Phase, Selection};
@@ -85,9 +85,11 @@ fn run(ctx: &mut Context, sel: &Selection) -> Result<()> {
                 .client_key_pem()
                 .as_deref()
                 .map(keys::load)
-                .transpose()?;
+                .transpose()
+                .with_context(|| format!("the client key in {}", path.display()))?;
             let spec = pki::kubeconfig_spec(p, &ctx.cfg);
-            let found = pki::check(&cert, key.as_ref(), &spec, Some(&ca.cert_der), ctx.now)?;
+            let found = pki::check(&cert, key.as_ref(), &spec, Some(&ca.cert_der), ctx.now)
+                .with_context(|| format!("the client certificate in {}", path.display()))?;
             if !found.is_empty() {
                 problems.push(format!(
                     "the client certificate in {} does not match what the config requires: {}",

@@ -6,6 +6,7 @@ mod certs;
 mod kubeconfig;
 mod kubelet;
 mod manifests;
+mod preflight;
 pub mod reset;
 
 use anyhow::Result;
@@ -77,6 +78,7 @@ pub struct Phase {
 }
 
 pub const INIT: &[Phase] = &[
+    preflight::PHASE,
     certs::PHASE,
     kubeconfig::PHASE,
     manifests::ETCD,

@@ -1,0 +1,108 @@
+//! preflight: kubeadm's check names, errors that stop init before anything is written,
+//! --ignore-preflight-errors, and no conflict with what kubeforge itself set up (re-runs).
+
+mod common;
+use common::*;
+use std::net::TcpListener;
+
+#[test]
+fn a_busy_port_stops_init_before_anything_is_written() {
+    let node = Node::new();
+    let held = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let cfg = node.write_config("ECDSA-P256", "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("bindPort: 6443", &format!("bindPort: {port}"));
+    std::fs::write(&cfg, text).unwrap();
+    let out = node.run(&["init", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("[ERROR Port-{port}]: port {port} is in use")),
+        "{err}"
+    );
+    assert!(err.contains("--ignore-preflight-errors"), "{err}");
+    assert_eq!(
+        node.snapshot().len(),
+        1,
+        "preflight failed but files were written"
+    );
+
+    // Ignored by name (case-insensitive) or with `all`, an error becomes a warning.
+    let out = node.run(&[
+        "init",
+        "phase",
+        "preflight",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--ignore-preflight-errors",
+        "all",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("[WARNING Port-{port}]")));
+
+    // Once kubeforge's own apiserver manifest is on the node, the port is the apiserver's.
+    node.run_ok(&[
+        "init",
+        "--skip-phases",
+        "preflight",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let out = node.run(&[
+        "init",
+        "phase",
+        "preflight",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains(&format!("Port-{port}")), "{text}");
+    drop(held);
+}
+
+#[test]
+fn a_manifest_kubeforge_did_not_write_is_a_conflict() {
+    let node = Node::new();
+    let cfg = node.write_config("ECDSA-P256", "");
+    let manifests = node.kubernetes_dir().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(manifests.join("etcd.yaml"), "someone else's\n").unwrap();
+    let out = node.run(&[
+        "init",
+        "phase",
+        "preflight",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("[ERROR FileAvailable-")
+            && err.contains("etcd.yaml already exists and kubeforge did not write it"),
+        "{err}"
+    );
+}
+
+#[test]
+fn dry_run_reports_but_never_fails_on_preflight() {
+    let node = Node::new();
+    let held = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let cfg = node.write_config("ECDSA-P256", "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("bindPort: 6443", &format!("bindPort: {port}"));
+    std::fs::write(&cfg, text).unwrap();
+    let out = node.run_ok(&["init", "--dry-run", "--config", cfg.to_str().unwrap()]);
+    assert!(out.contains(&format!("[WARNING Port-{port}]")), "{out}");
+}
