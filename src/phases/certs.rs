@@ -42,7 +42,6 @@ fn run(ctx: &mut Context, sel: &Selection) -> Result<()> {
         ),
         json!({ "certificatesDir": pki_dir }),
     );
-    ctx.writer.ensure_dir(&pki_dir, 0o755)?;
     let external_etcd = ctx.cfg.cluster.is_external_etcd();
     let profiles = pki::certificate_profiles();
 
@@ -151,6 +150,7 @@ fn run(ctx: &mut Context, sel: &Selection) -> Result<()> {
         );
     }
 
+    ctx.writer.ensure_dir(&pki_dir, 0o755)?;
     let needs_sa_key = sa_wanted && sa_existing.is_none();
     let mut new_keys = keys::generate_many(
         ctx.cfg.cluster.encryption_algorithm,

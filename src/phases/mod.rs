@@ -102,6 +102,23 @@ pub fn help_table(phases: &[Phase]) -> String {
     s
 }
 
+/// kubeadm's rule: every `--skip-phases` entry names a phase or `phase/sub-phase`.
+pub fn check_skip(phases: &[Phase], skip: &[String]) -> Result<()> {
+    for entry in skip {
+        let (name, sub) = entry
+            .split_once('/')
+            .map_or((entry.as_str(), None), |(n, s)| (n, Some(s)));
+        let known = phases
+            .iter()
+            .find(|p| p.name == name)
+            .is_some_and(|p| sub.is_none_or(|s| (p.subphases)().iter().any(|(n, _)| n == s)));
+        if !known {
+            anyhow::bail!(crate::BadInput(format!("invalid phase name: {entry}")));
+        }
+    }
+    Ok(())
+}
+
 /// Runs `phases` in order, leaving out what `skip` names.
 pub fn run_all(ctx: &mut Context, phases: &[Phase], skip: &[String]) -> Result<()> {
     for phase in phases {

