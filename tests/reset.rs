@@ -70,3 +70,26 @@ fn reset_removes_every_journaled_path_and_nothing_else() {
         .run_ok(&["reset", "--force"])
         .contains("Nothing to reset"));
 }
+
+#[test]
+fn an_etcd_data_dir_kubeforge_did_not_create_is_emptied_not_removed() {
+    // Debian's etcd-server package owns /var/lib/etcd: it exists before kubeforge runs.
+    let node = Node::new();
+    let data = node.root().join("var/lib/etcd");
+    std::fs::create_dir_all(&data).unwrap();
+    let cfg = node.write_config("ECDSA-P256", "");
+    let cfg = cfg.to_str().unwrap();
+    node.run_ok(&["init", "--skip-phases", "preflight", "--config", cfg]);
+    std::fs::create_dir_all(data.join("member/wal")).unwrap();
+    // kubeforge's own etcd wrote that data: a re-run's preflight does not call it a conflict.
+    let out = node.run(&["init", "phase", "preflight", "--config", cfg]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains("DirAvailable"), "{text}");
+    node.run_ok(&["reset", "--force"]);
+    assert!(data.is_dir(), "the package's directory stays");
+    assert_eq!(
+        std::fs::read_dir(&data).unwrap().count(),
+        0,
+        "its etcd data is gone"
+    );
+}

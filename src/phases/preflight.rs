@@ -179,7 +179,8 @@ fn checks(ctx: &Context) -> Vec<Finding> {
         let non_empty = std::fs::read_dir(data)
             .map(|mut d| d.next().is_some())
             .unwrap_or(false);
-        if non_empty && !is_ours(data) {
+        // Data that kubeforge's own etcd wrote (its manifest is in the journal) is no conflict.
+        if non_empty && !is_ours(data) && !is_ours(&manifest("etcd")) {
             add(
                 &format!(
                     "DirAvailable-{}",

@@ -137,17 +137,28 @@ pub fn run(layout: &Layout, out: Output, force: bool, dry_run: bool) -> Result<(
     for path in rest {
         remove_file(path)?;
     }
-    if let Some(data) = etcd_data.filter(|d| entries.contains(d)) {
+    // The data of the etcd kubeforge ran (its manifest is journaled): the directory itself goes
+    // only if kubeforge created it (a distribution package may own /var/lib/etcd).
+    let our_etcd = entries.contains(&layout.manifests_dir.join("etcd.yaml"));
+    if let Some(data) = etcd_data.filter(|_| our_etcd) {
         out.step(
             "reset",
-            &format!(
-                "{verb} the etcd data directory {:?}",
-                data.display().to_string()
-            ),
+            &format!("{verb} the etcd data in {:?}", data.display().to_string()),
             json!({ "path": data, "dryRun": dry_run }),
         );
-        if !dry_run && data.exists() {
-            std::fs::remove_dir_all(&data)?;
+        if !dry_run && data.is_dir() {
+            if entries.contains(&data) {
+                std::fs::remove_dir_all(&data)?;
+            } else {
+                for entry in std::fs::read_dir(&data)? {
+                    let path = entry?.path();
+                    if path.is_dir() {
+                        std::fs::remove_dir_all(&path)?;
+                    } else {
+                        std::fs::remove_file(&path)?;
+                    }
+                }
+            }
         }
     }
     remove_file(&layout.journal())?;
