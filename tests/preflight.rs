@@ -5,9 +5,8 @@ mod common;
 use common::*;
 use std::net::TcpListener;
 
-#[test]
-fn a_busy_port_stops_init_before_anything_is_written() {
-    let node = Node::new();
+/// A config whose API server port is held by this test (returned, to keep it held).
+fn config_with_busy_apiserver_port(node: &Node) -> (TcpListener, u16, std::path::PathBuf) {
     let held = TcpListener::bind("0.0.0.0:0").unwrap();
     let port = held.local_addr().unwrap().port();
     let cfg = node.write_config("ECDSA-P256", "");
@@ -15,6 +14,13 @@ fn a_busy_port_stops_init_before_anything_is_written() {
         .unwrap()
         .replace("bindPort: 6443", &format!("bindPort: {port}"));
     std::fs::write(&cfg, text).unwrap();
+    (held, port, cfg)
+}
+
+#[test]
+fn a_busy_port_stops_init_before_anything_is_written() {
+    let node = Node::new();
+    let (held, port, cfg) = config_with_busy_apiserver_port(&node);
     let out = node.run(&["init", "--config", cfg.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -96,13 +102,7 @@ fn a_manifest_kubeforge_did_not_write_is_a_conflict() {
 #[test]
 fn dry_run_reports_but_never_fails_on_preflight() {
     let node = Node::new();
-    let held = TcpListener::bind("0.0.0.0:0").unwrap();
-    let port = held.local_addr().unwrap().port();
-    let cfg = node.write_config("ECDSA-P256", "");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("bindPort: 6443", &format!("bindPort: {port}"));
-    std::fs::write(&cfg, text).unwrap();
+    let (_held, port, cfg) = config_with_busy_apiserver_port(&node);
     let out = node.run_ok(&["init", "--dry-run", "--config", cfg.to_str().unwrap()]);
     assert!(out.contains(&format!("[WARNING Port-{port}]")), "{out}");
 }
