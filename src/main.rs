@@ -1,6 +1,7 @@
 mod cli;
 mod config;
 mod fault;
+mod health;
 mod host;
 mod kubeconfig;
 mod kubelet;
@@ -27,15 +28,30 @@ pub struct BadInput(pub String);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
     let level = match cli.global.verbose {
-        0 => tracing::Level::WARN,
-        1 => tracing::Level::INFO,
-        _ => tracing::Level::DEBUG,
+        0 => LevelFilter::WARN,
+        1 => LevelFilter::INFO,
+        _ => LevelFilter::DEBUG,
+    };
+    // The client libraries (kube, hyper, tonic) log every refused connection while the control
+    // plane starts; the wait reports what matters, so their logs show only from -vvv.
+    let libraries = if cli.global.verbose >= 3 {
+        LevelFilter::DEBUG
+    } else {
+        LevelFilter::OFF
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_max_level(level)
+        .with_max_level(LevelFilter::DEBUG)
         .with_target(false)
+        .finish()
+        .with(
+            Targets::new()
+                .with_default(libraries)
+                .with_target("kubeforge", level),
+        )
         .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

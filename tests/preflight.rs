@@ -56,7 +56,7 @@ fn a_busy_port_stops_init_before_anything_is_written() {
     node.run_ok(&[
         "init",
         "--skip-phases",
-        "preflight",
+        "preflight,wait-control-plane",
         "--config",
         cfg.to_str().unwrap(),
     ]);

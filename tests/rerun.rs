@@ -12,7 +12,7 @@ fn rerunning_certs_and_kubeconfig_changes_nothing() {
     node.run_ok(&[
         "init",
         "--skip-phases",
-        "preflight",
+        "preflight,wait-control-plane",
         "--config",
         node.config_path().to_str().unwrap(),
     ]);
@@ -27,7 +27,13 @@ fn rerunning_certs_and_kubeconfig_changes_nothing() {
     );
     node.run_ok(&["init", "phase", "kubeconfig", "all", "--config", cfg]);
     node.run_ok(&["init", "phase", "certs", "apiserver", "--config", cfg]);
-    node.run_ok(&["init", "--skip-phases", "preflight", "--config", cfg]);
+    node.run_ok(&[
+        "init",
+        "--skip-phases",
+        "preflight,wait-control-plane",
+        "--config",
+        cfg,
+    ]);
     assert_eq!(
         node.snapshot(),
         before,

@@ -8,6 +8,7 @@ mod kubelet;
 mod manifests;
 mod preflight;
 pub mod reset;
+mod wait;
 
 use anyhow::Result;
 use time::OffsetDateTime;
@@ -84,6 +85,7 @@ pub const INIT: &[Phase] = &[
     manifests::ETCD,
     manifests::CONTROL_PLANE,
     kubelet::PHASE,
+    wait::PHASE,
 ];
 
 pub fn find(phases: &'static [Phase], name: &str) -> Option<&'static Phase> {
