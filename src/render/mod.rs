@@ -140,6 +140,16 @@ fn bracket(addr: &str) -> String {
     }
 }
 
+/// Startup probes. kubeadm waits 10 s and then probes every 10 s (failureThreshold 24: the 4 min
+/// controlPlaneComponentHealthCheck budget), so a component is Ready 10–20 s after it starts.
+/// kubeforge probes every second (failureThreshold 240: the same budget) after 6 s. Not earlier:
+/// the first successful startup probe is what makes the kubelet sync the pod and create its
+/// mirror pod, and a mirror pod created before the API server has made the system-node-critical
+/// PriorityClass is refused and retried only at the kubelet's next resync, a minute later. The
+/// API server answers about 5 s after its container starts on a 2-core VM.
+const STARTUP_PROBE_DELAY: u64 = 6;
+const STARTUP_PROBE_PERIOD: u64 = 1;
+
 /// The template data of one component.
 fn data(cfg: &Config, layout: &Layout, component: &str) -> Result<Value> {
     let minor = kubernetes_minor(cfg);
@@ -159,8 +169,9 @@ fn data(cfg: &Config, layout: &Layout, component: &str) -> Result<Value> {
             "port": if named { json!("probe-port") } else { json!(numeric_port) },
             "host": host,
             "initialDelaySeconds": 10,
-            "startupPeriodSeconds": 10,
-            "startupFailureThreshold": health.div_ceil(10),
+            "startupInitialDelaySeconds": STARTUP_PROBE_DELAY,
+            "startupPeriodSeconds": STARTUP_PROBE_PERIOD,
+            "startupFailureThreshold": health.div_ceil(STARTUP_PROBE_PERIOD),
         })
     };
     let ca_trust: Vec<Value> = CA_TRUST
