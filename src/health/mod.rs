@@ -11,7 +11,7 @@ mod runtime;
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -144,6 +144,15 @@ fn components(layout: &Layout, node: &str) -> Result<Vec<Component>> {
         );
     }
     Ok(found)
+}
+
+/// Where the kubelet keeps container logs: its `podLogsDir`, `/var/log/pods` by default.
+fn pod_logs_dir(cfg: &Config) -> PathBuf {
+    cfg.kubelet
+        .as_ref()
+        .and_then(|k| k.get("podLogsDir"))
+        .and_then(|v| v.as_str())
+        .map_or_else(|| PathBuf::from(logs::POD_LOG_ROOT), PathBuf::from)
 }
 
 fn kubelet_healthz(cfg: &Config) -> Option<String> {
@@ -320,6 +329,7 @@ async fn wait(cfg: &Config, layout: &Layout, out: Output) -> Result<()> {
         })
         .ok_or_else(|| anyhow!("no kube-apiserver manifest to wait for"))?;
     let admin = api::local_client(&admin_conf, &server).await?;
+    let log_dir = pod_logs_dir(cfg);
     let pull_never = cfg.init.node_registration.image_pull_policy == "Never";
     let mut runtime = None;
     let mut runtime_checked: Option<Instant> = None;
@@ -453,7 +463,7 @@ async fn wait(cfg: &Config, layout: &Layout, out: Output) -> Result<()> {
                     if facts.exit_code.is_none() && facts.reason.is_none() && !facts.image_missing {
                         return false;
                     }
-                    let log = logs::tail(Path::new(logs::POD_LOG_ROOT), &c.pod, &c.name, LOG_LINES)
+                    let log = logs::tail(&log_dir, &c.pod, &c.name, LOG_LINES)
                         .map(|t| t.1)
                         .unwrap_or_default();
                     diagnose::diagnose(facts, &log).is_some_and(|d| d.certain)
@@ -469,7 +479,7 @@ async fn wait(cfg: &Config, layout: &Layout, out: Output) -> Result<()> {
             } else {
                 certain.iter().map(|&i| &components[i]).collect()
             };
-            report(&display.out, &failing, timed_out.then_some(limit));
+            report(&display.out, &failing, timed_out.then_some(limit), &log_dir);
             let names: Vec<&str> = failing.iter().map(|c| c.name.as_str()).collect();
             bail!("the control plane did not come up: {}", names.join(", "));
         }
@@ -518,13 +528,13 @@ fn state_of(c: &Component) -> String {
 }
 
 /// Per failing component: its container, the end of its log, and the probable cause.
-fn report(out: &Output, failing: &[&Component], timed_out: Option<Duration>) {
+fn report(out: &Output, failing: &[&Component], timed_out: Option<Duration>, log_dir: &Path) {
     for c in failing {
         let facts = c.container.clone().unwrap_or(Container {
             state: "absent".into(),
             ..Default::default()
         });
-        let tail = logs::tail(Path::new(logs::POD_LOG_ROOT), &c.pod, &c.name, LOG_LINES);
+        let tail = logs::tail(log_dir, &c.pod, &c.name, LOG_LINES);
         let log = tail.as_ref().map(|t| t.1.clone()).unwrap_or_default();
         let diagnosis = diagnose::diagnose(&facts, &log);
         let cause = diagnosis.as_ref().map_or_else(
@@ -559,7 +569,7 @@ fn report(out: &Output, failing: &[&Component], timed_out: Option<Duration>) {
             }
             None => println!(
                 "  no log under {}/kube-system_{}_*/{}/",
-                logs::POD_LOG_ROOT,
+                log_dir.display(),
                 c.pod,
                 c.name
             ),
