@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The end-to-end suite on a real node: a kubelet (KUBELET_BIN or PATH), containerd running
+# (CONTAINERD_SOCK), runc, crictl, kubectl and the control-plane images present or pullable.
+# Run as root on a node that holds no cluster; every scenario leaves the node clean again.
+#
+#   scripts/e2e.sh                      # this checkout's debug build
+#   KUBEFORGE_E2E_BIN=target/release/kubeforge scripts/e2e.sh   # figures for a release build
+#
+# Optional: KUBEFORGE_E2E_VERSION (default: the kubelet's version), KUBEFORGE_E2E_IMAGE_REPOSITORY,
+# KUBEFORGE_E2E_ETCD_TAG (e.g. 3.4.23-0 for Debian's etcd packaged as an image),
+# KUBEFORGE_E2E_ADVERTISE_ADDRESS (default 192.0.2.2, added to lo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -n "${KUBEFORGE_E2E_BIN:-}" ]; then
+    KUBEFORGE_E2E_BIN="$(realpath "$KUBEFORGE_E2E_BIN")"
+    export KUBEFORGE_E2E_BIN
+fi
+KUBEFORGE_E2E=1 exec cargo test --test e2e -- --test-threads=1 --nocapture "$@"

@@ -1,0 +1,437 @@
+//! The real node the e2e scenarios run on: prerequisites, a kubelet supervised the way systemd
+//! would run it, and the clean-up that leaves the node as it was.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::common::{self, BIN};
+
+pub const KUBERNETES_DIR: &str = "/etc/kubernetes";
+pub const KUBELET_DIR: &str = "/var/lib/kubelet";
+pub const NODE: &str = "kf-e2e";
+
+/// What the suite needs from the host, each found or a failure that says what is missing.
+pub struct Host {
+    pub kubelet: PathBuf,
+    pub kubectl: String,
+    pub crictl: PathBuf,
+    pub cri_socket: String,
+    pub version: String,
+    pub image_repository: String,
+    pub etcd_tag: Option<String>,
+    pub advertise_address: String,
+    pub cgroup_v1: bool,
+    pub log_dir: PathBuf,
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(tool))
+            .find(|p| p.is_file())
+    })
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Host {
+    pub fn discover() -> Host {
+        let mut missing = Vec::new();
+        let kubelet = env("KUBELET_BIN")
+            .map(PathBuf::from)
+            .or_else(|| which("kubelet"));
+        if kubelet.is_none() {
+            missing.push("a kubelet (set KUBELET_BIN or put it on PATH)".to_string());
+        }
+        let crictl = env("CRICTL_BIN")
+            .map(PathBuf::from)
+            .or_else(|| which("crictl"));
+        if crictl.is_none() {
+            missing.push("crictl (cri-tools; set CRICTL_BIN or put it on PATH)".into());
+        }
+        if which("runc").is_none() {
+            missing.push("runc".into());
+        }
+        let sock =
+            env("CONTAINERD_SOCK").unwrap_or_else(|| "/run/containerd/containerd.sock".into());
+        if !Path::new(&sock).exists() {
+            missing.push(format!(
+                "containerd running with its socket at {sock} (CONTAINERD_SOCK)"
+            ));
+        }
+        if !nix::unistd::Uid::effective().is_root() {
+            missing.push("root".into());
+        }
+        for dir in [KUBERNETES_DIR, KUBELET_DIR] {
+            if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+                missing.push(format!("an empty {dir}: this host already holds a node (run `kubeforge reset` or clean it)"));
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "the e2e suite needs: {}",
+            missing.join("; ")
+        );
+        let kubelet = kubelet.unwrap();
+        let version = env("KUBEFORGE_E2E_VERSION").unwrap_or_else(|| {
+            let out = Command::new(&kubelet)
+                .arg("--version")
+                .output()
+                .expect("kubelet --version");
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .last()
+                .expect("kubelet --version prints a version")
+                .to_string()
+        });
+        let advertise_address = env("KUBEFORGE_E2E_ADVERTISE_ADDRESS").unwrap_or_else(|| {
+            // A documentation address on lo: a stable node IP on any host, without a network.
+            let shown = Command::new("ip")
+                .args(["-4", "addr", "show", "dev", "lo"])
+                .output()
+                .expect("ip");
+            if !String::from_utf8_lossy(&shown.stdout).contains("192.0.2.2/") {
+                run(Command::new("ip").args(["addr", "add", "192.0.2.2/32", "dev", "lo"]));
+            }
+            "192.0.2.2".into()
+        });
+        let log_dir = std::env::temp_dir().join(format!("kubeforge-e2e-{}", std::process::id()));
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
+        Host {
+            kubelet,
+            kubectl: common::kubectl(),
+            crictl: crictl.unwrap(),
+            cri_socket: format!("unix://{sock}"),
+            version,
+            image_repository: env("KUBEFORGE_E2E_IMAGE_REPOSITORY")
+                .unwrap_or_else(|| "registry.k8s.io".into()),
+            etcd_tag: env("KUBEFORGE_E2E_ETCD_TAG"),
+            advertise_address,
+            cgroup_v1: !Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
+            log_dir,
+        }
+    }
+
+    /// The kubeadm config of every scenario; `scheduler_args` goes into extraArgs.
+    pub fn config(&self, scheduler_args: &[(&str, &str)]) -> PathBuf {
+        let systemd = Path::new("/run/systemd/system").is_dir();
+        let etcd = self.etcd_tag.as_ref().map_or(String::new(), |t| {
+            format!("etcd:\n  local:\n    imageTag: {t}\n")
+        });
+        let scheduler = if scheduler_args.is_empty() {
+            String::new()
+        } else {
+            let args: String = scheduler_args
+                .iter()
+                .map(|(n, v)| format!("  - name: {n}\n    value: \"{v}\"\n"))
+                .collect();
+            format!("scheduler:\n  extraArgs:\n{args}")
+        };
+        let text = format!(
+            "apiVersion: kubeadm.k8s.io/v1beta4
+kind: InitConfiguration
+localAPIEndpoint:
+  advertiseAddress: {adv}
+nodeRegistration:
+  name: {NODE}
+  criSocket: {cri}
+  imagePullPolicy: IfNotPresent
+---
+apiVersion: kubeadm.k8s.io/v1beta4
+kind: ClusterConfiguration
+kubernetesVersion: {version}
+imageRepository: {repo}
+networking:
+  podSubnet: 10.244.0.0/16
+{etcd}{scheduler}---
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+cgroupDriver: {driver}
+failCgroupV1: {fail_v1}
+",
+            adv = self.advertise_address,
+            cri = self.cri_socket,
+            version = self.version,
+            repo = self.image_repository,
+            driver = if systemd { "systemd" } else { "cgroupfs" },
+            fail_v1 = !self.cgroup_v1,
+        );
+        let path = self.log_dir.join("kubeadm.yaml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs the kubelet as kubeadm's systemd drop-in would: once config.yaml exists, with
+/// `$KUBELET_KUBEADM_ARGS` from kubeadm-flags.env, restarted 2 s after it exits.
+pub struct Supervisor {
+    stop: Arc<AtomicBool>,
+    child: Arc<Mutex<Option<Child>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub log: PathBuf,
+}
+
+impl Supervisor {
+    pub fn start(host: &Host) -> Supervisor {
+        let stop = Arc::new(AtomicBool::new(false));
+        let child: Arc<Mutex<Option<Child>>> = Arc::default();
+        let log = host.log_dir.join("kubelet.log");
+        let (kubelet, log_path) = (host.kubelet.clone(), log.clone());
+        let (stop2, child2) = (stop.clone(), child.clone());
+        let thread = std::thread::spawn(move || {
+            let config = Path::new(KUBELET_DIR).join("config.yaml");
+            while !stop2.load(Ordering::SeqCst) {
+                if !config.exists() {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                let flags =
+                    std::fs::read_to_string(Path::new(KUBELET_DIR).join("kubeadm-flags.env"))
+                        .unwrap_or_default();
+                let args = flags
+                    .lines()
+                    .find_map(|l| l.strip_prefix("KUBELET_KUBEADM_ARGS="))
+                    .map(|v| v.trim_matches('"').to_string())
+                    .unwrap_or_default();
+                let out = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log_path)
+                    .unwrap();
+                let spawned = Command::new(&kubelet)
+                    .arg(format!(
+                        "--bootstrap-kubeconfig={KUBERNETES_DIR}/bootstrap-kubelet.conf"
+                    ))
+                    .arg(format!("--kubeconfig={KUBERNETES_DIR}/kubelet.conf"))
+                    .arg(format!("--config={}", config.display()))
+                    .args(args.split_whitespace())
+                    .stdout(out.try_clone().unwrap())
+                    .stderr(out)
+                    .spawn()
+                    .expect("starting the kubelet");
+                *child2.lock().unwrap() = Some(spawned);
+                loop {
+                    std::thread::sleep(Duration::from_millis(100));
+                    let mut guard = child2.lock().unwrap();
+                    match guard.as_mut().map(|c| c.try_wait()) {
+                        Some(Ok(None)) => continue,
+                        _ => {
+                            *guard = None;
+                            break;
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        });
+        Supervisor {
+            stop,
+            child,
+            thread: Some(thread),
+            log,
+        }
+    }
+
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(c) = self.child.lock().unwrap().as_mut() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = c.wait();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// kubeforge with a line-by-line clock: (seconds since start, line) for every stdout line.
+pub struct Run {
+    pub success: bool,
+    pub lines: Vec<(f64, String)>,
+    pub stderr: String,
+    pub seconds: f64,
+}
+
+impl Run {
+    pub fn text(&self) -> String {
+        self.lines
+            .iter()
+            .map(|(_, l)| format!("{l}\n"))
+            .collect::<String>()
+            + &self.stderr
+    }
+    pub fn at(&self, needle: &str) -> Option<f64> {
+        self.lines
+            .iter()
+            .find(|(_, l)| l.contains(needle))
+            .map(|(t, _)| *t)
+    }
+}
+
+/// The binary under test: this build's, or `KUBEFORGE_E2E_BIN` (e.g. a release build).
+fn binary() -> String {
+    env("KUBEFORGE_E2E_BIN").unwrap_or_else(|| BIN.to_string())
+}
+
+pub fn kubeforge(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let start = Instant::now();
+    let mut child = Command::new(binary())
+        .args(args)
+        .envs(env.iter().copied())
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubeforge");
+    let stderr = child.stderr.take().unwrap();
+    let err_thread =
+        std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let lines = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .map(|l| (start.elapsed().as_secs_f64(), l))
+        .collect();
+    let status = child.wait().unwrap();
+    Run {
+        success: status.success(),
+        lines,
+        stderr: err_thread.join().unwrap(),
+        seconds: start.elapsed().as_secs_f64(),
+    }
+}
+
+/// kubectl with admin.conf, JSON out.
+pub fn kubectl_json(host: &Host, args: &[&str]) -> serde_json::Value {
+    let out = run(Command::new(&host.kubectl)
+        .arg(format!("--kubeconfig={KUBERNETES_DIR}/admin.conf"))
+        .args(args)
+        .args(["-o", "json"]));
+    serde_json::from_str(&out).expect("kubectl prints JSON")
+}
+
+fn iptables_chains() -> BTreeSet<(String, String)> {
+    let mut chains = BTreeSet::new();
+    let Ok(out) = Command::new("iptables-save").output() else {
+        return chains;
+    };
+    let mut table = String::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.to_string();
+        } else if let Some(c) = line.strip_prefix(':') {
+            chains.insert((
+                table.clone(),
+                c.split_whitespace().next().unwrap_or_default().to_string(),
+            ));
+        }
+    }
+    chains
+}
+
+/// One scenario's node: the supervised kubelet, and on drop everything removed again —
+/// `kubeforge reset`, then what the kubelet itself left (pods, mounts, iptables chains).
+pub struct Scenario {
+    pub host: Host,
+    pub kubelet: Supervisor,
+    chains_before: BTreeSet<(String, String)>,
+}
+
+impl Scenario {
+    pub fn start() -> Scenario {
+        let host = Host::discover();
+        let chains_before = iptables_chains();
+        let kubelet = Supervisor::start(&host);
+        Scenario {
+            host,
+            kubelet,
+            chains_before,
+        }
+    }
+
+    fn crictl(&self, args: &[&str]) -> String {
+        let out = Command::new(&self.host.crictl)
+            .arg(format!("--runtime-endpoint={}", self.host.cri_socket))
+            .args(args)
+            .output()
+            .expect("crictl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The kubelet's log, for a failure report.
+    pub fn kubelet_log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.kubelet.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        let reset = kubeforge(&["reset", "--force"], &[]);
+        if !reset.success {
+            eprintln!("kubeforge reset failed:\n{}", reset.text());
+        }
+        self.kubelet.stop();
+        for pod in self
+            .crictl(&["pods", "-q", "--namespace", "kube-system"])
+            .lines()
+        {
+            self.crictl(&["stopp", pod]);
+            self.crictl(&["rmp", "-f", pod]);
+        }
+        let _ = Command::new("umount").args(["-R", KUBELET_DIR]).status();
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        for m in mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|m| m.starts_with(KUBELET_DIR))
+        {
+            let _ = Command::new("umount").args(["-l", m]).status();
+        }
+        let _ = std::fs::remove_dir_all(KUBELET_DIR);
+        for (table, chain) in iptables_chains().difference(&self.chains_before) {
+            let _ = Command::new("iptables")
+                .args(["-t", table, "-F", chain])
+                .status();
+            let _ = Command::new("iptables")
+                .args(["-t", table, "-X", chain])
+                .status();
+        }
+        if let Ok(entries) = std::fs::read_dir("/var/log/pods") {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with("kube-system_") {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let left: Vec<_> = [KUBERNETES_DIR, KUBELET_DIR]
+            .iter()
+            .filter(|d| std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_some()))
+            .collect();
+        if !left.is_empty() && !std::thread::panicking() {
+            panic!("the node is not clean after the scenario: {left:?} still hold files");
+        }
+    }
+}
