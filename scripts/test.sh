@@ -5,7 +5,7 @@
 # failure. Quiet and quick when everything is already installed.
 #
 # Tools: openssl, Debian's etcd/etcdctl (etcd-server, etcd-client), protoc (protobuf-compiler, for
-# the etcd-client crate), ip (iproute2), curl, kubectl, kubernetes-validate (PyPI).
+# the CRI API crate k8s-cri), ip (iproute2), curl, kubectl, kubernetes-validate (PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -29,7 +29,9 @@ fn merge(base: &mut Value, over: Value) {
     }
 }
 
-pub fn config_yaml(cfg: &Config, layout: &Layout) -> Result<String> {
+/// The cluster-wide KubeletConfiguration, as uploaded to `kube-system/kubelet-config`: no
+/// node-local CRI endpoint.
+pub fn cluster_config(cfg: &Config, layout: &Layout) -> Result<Value> {
     let mut hb = Handlebars::new();
     hb.set_strict_mode(true);
     hb.register_escape_fn(handlebars::no_escape);
@@ -53,6 +55,11 @@ pub fn config_yaml(cfg: &Config, layout: &Layout) -> Result<String> {
         tracing::warn!("rotateCertificates is forced to true, as kubeadm does");
         value["rotateCertificates"] = json!(true);
     }
+    Ok(value)
+}
+
+pub fn config_yaml(cfg: &Config, layout: &Layout) -> Result<String> {
+    let mut value = cluster_config(cfg, layout)?;
     if kubernetes_minor(cfg) >= 34 {
         value["containerRuntimeEndpoint"] = json!(cfg.init.node_registration.cri_socket);
     }

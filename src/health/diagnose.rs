@@ -5,7 +5,7 @@ use serde::Serialize;
 /// What is known about a component's container, from its mirror pod or from the runtime.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Container {
-    /// `created`, `running`, `exited`, `waiting` (kubelet: not started yet), or `absent`.
+    /// `created`, `running`, `exited`, `waiting` (kubelet: not started yet), or `not started` (no sandbox yet).
     pub state: String,
     /// The waiting or terminated reason (`CrashLoopBackOff`, `ErrImageNeverPull`, `Error`, …).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -28,8 +28,10 @@ impl Container {
         if let Some(code) = self.exit_code {
             s.push_str(&format!(", last exit code {code}"));
         }
-        if self.restarts > 0 {
-            s.push_str(&format!(", restarted {} times", self.restarts));
+        match self.restarts {
+            0 => {}
+            1 => s.push_str(", 1 restart"),
+            n => s.push_str(&format!(", {n} restarts")),
         }
         s
     }
@@ -52,9 +54,9 @@ pub struct Diagnosis {
 /// or a timeout (an API server may exit once while etcd is still starting).
 const SIGNATURES: &[(&str, bool, &str)] = &[
     ("address already in use", true, "a port it must listen on is already in use by another process"),
-    ("unknown flag", true, "an invalid command-line flag (check extraArgs)"),
-    ("unknown shorthand flag", true, "an invalid command-line flag (check extraArgs)"),
-    ("invalid argument", true, "an invalid command-line flag value (check extraArgs)"),
+    ("unknown flag", true, "an invalid command-line flag (check extraArgs and patches)"),
+    ("unknown shorthand flag", true, "an invalid command-line flag (check extraArgs and patches)"),
+    ("invalid argument", true, "an invalid command-line flag value (check extraArgs and patches)"),
     ("unrecognized feature gate", true, "an unknown feature gate in its flags"),
     ("x509:", true, "a certificate problem"),
     ("tls: ", true, "a TLS problem with its certificates"),
@@ -116,7 +118,7 @@ pub fn diagnose(container: &Container, log: &[String]) -> Option<Diagnosis> {
         });
     }
     let cause = match container.state.as_str() {
-        "absent" => {
+        "not started" => {
             "the kubelet never started it: is the kubelet running, and reading this staticPodPath?"
         }
         "running" => "it runs but its health endpoint never answered 200",

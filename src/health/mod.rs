@@ -531,7 +531,7 @@ fn state_of(c: &Component) -> String {
 fn report(out: &Output, failing: &[&Component], timed_out: Option<Duration>, log_dir: &Path) {
     for c in failing {
         let facts = c.container.clone().unwrap_or(Container {
-            state: "absent".into(),
+            state: "not started".into(),
             ..Default::default()
         });
         let tail = logs::tail(log_dir, &c.pod, &c.name, LOG_LINES);

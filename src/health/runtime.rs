@@ -63,7 +63,7 @@ impl Runtime {
             .items;
         let Some(sandbox) = sandboxes.iter().max_by_key(|s| s.created_at) else {
             return Ok(Container {
-                state: "absent".into(),
+                state: "not started".into(),
                 ..Default::default()
             });
         };

@@ -84,6 +84,24 @@ fn image(cfg: &Config, name: &str, tag: &str, repo_override: Option<&str>) -> St
     format!("{repo}/{name}:{}", tag.replace('+', "_"))
 }
 
+pub fn kube_proxy_image(cfg: &Config) -> String {
+    image(cfg, "kube-proxy", &cfg.cluster.kubernetes_version, None)
+}
+
+/// CoreDNS lives under `coredns/` in registry.k8s.io only.
+pub fn coredns_image(cfg: &Config) -> String {
+    let default_repo = cfg.cluster.image_repository == "registry.k8s.io";
+    let name = if default_repo {
+        "coredns/coredns"
+    } else {
+        "coredns"
+    };
+    let tag = Some(cfg.cluster.dns.image_tag.as_str())
+        .filter(|t| !t.is_empty())
+        .unwrap_or("v1.13.1");
+    image(cfg, name, tag, Some(&cfg.cluster.dns.image_repository))
+}
+
 /// `kubeforge config images list`, in kubeadm's order.
 pub fn images(cfg: &Config) -> Vec<String> {
     let v = &cfg.cluster.kubernetes_version;
@@ -92,24 +110,10 @@ pub fn images(cfg: &Config) -> Vec<String> {
         .map(|c| image(cfg, c, v, None))
         .collect();
     if !cfg.cluster.proxy.disabled {
-        list.push(image(cfg, "kube-proxy", v, None));
+        list.push(kube_proxy_image(cfg));
     }
     if !cfg.cluster.dns.disabled {
-        let default_repo = cfg.cluster.image_repository == "registry.k8s.io";
-        let name = if default_repo {
-            "coredns/coredns"
-        } else {
-            "coredns"
-        };
-        let tag = Some(cfg.cluster.dns.image_tag.as_str())
-            .filter(|t| !t.is_empty())
-            .unwrap_or("v1.13.1");
-        list.push(image(
-            cfg,
-            name,
-            tag,
-            Some(&cfg.cluster.dns.image_repository),
-        ));
+        list.push(coredns_image(cfg));
     }
     let pause = if kubernetes_minor(cfg) <= 33 {
         "3.10"
