@@ -5,7 +5,8 @@
 # failure. Quiet and quick when everything is already installed.
 #
 # Tools: openssl, Debian's etcd/etcdctl (etcd-server, etcd-client), protoc (protobuf-compiler, for
-# the CRI API crate k8s-cri), ip (iproute2), curl, kubectl, kubernetes-validate (PyPI).
+# the CRI API crate k8s-cri), ip (iproute2), curl, kubectl, kubernetes-validate and cryptography
+# (PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -60,6 +61,12 @@ export PATH="$scripts_dir:$PATH"
 if [ "$(kubernetes-validate --version 2>/dev/null || true)" != "$KUBERNETES_VALIDATE_VERSION" ]; then
     echo "installing from PyPI: kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
     pip_install "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+fi
+
+# Python's cryptography: the independent AES-GCM the kubeadm-certs tests check against.
+if ! python3 -c 'import cryptography.hazmat.primitives.ciphers.aead' 2>/dev/null; then
+    echo "installing from PyPI: cryptography"
+    pip_install "cryptography>=42"
 fi
 
 # kubectl: any on PATH but the Google Cloud SDK's dispatcher, which connects to the server named in

@@ -13,7 +13,7 @@ use crate::render::{kubernetes_minor, to_yaml};
 const CONFIG_TEMPLATE: &str = include_str!("../templates/kubelet-config.yaml.hbs");
 
 /// Maps merge key by key (the operator wins); anything else is replaced.
-fn merge(base: &mut Value, over: Value) {
+pub fn merge(base: &mut Value, over: Value) {
     match (base, over) {
         (Value::Object(b), Value::Object(o)) => {
             for (k, v) in o {
@@ -63,6 +63,7 @@ pub fn config_yaml(cfg: &Config, layout: &Layout) -> Result<String> {
     if kubernetes_minor(cfg) >= 34 {
         value["containerRuntimeEndpoint"] = json!(cfg.init.node_registration.cri_socket);
     }
+    let value = crate::render::patches::for_target(cfg, "kubeletconfiguration", value)?;
     Ok(to_yaml(value))
 }
 

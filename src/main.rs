@@ -1,4 +1,5 @@
 mod cli;
+mod cluster;
 mod config;
 mod fault;
 mod health;
@@ -17,7 +18,7 @@ use std::process::ExitCode;
 
 use cli::{
     CertsCommand, Cli, Command, ConfigCommand, ImagesCommand, InitFlags, InitSubcommand,
-    PrintCommand,
+    PrintCommand, TokenCommand,
 };
 use output::Output;
 
@@ -99,6 +100,13 @@ fn run(cli: Cli) -> Result<()> {
                     skip: &skip,
                 };
                 (phase.run)(&mut ctx, &sel)?;
+                // Run alone, upload-certs is how an operator gets a fresh key: show it.
+                if let (Some(key), false) = (&ctx.certificate_key, ctx.out.json()) {
+                    println!("[upload-certs] Using certificate key:\n{key}");
+                } else if let Some(key) = &ctx.certificate_key {
+                    ctx.out
+                        .print_json(&serde_json::json!({ "certificateKey": key }));
+                }
                 finish_dry_run(&ctx);
                 Ok(())
             }
@@ -137,6 +145,50 @@ fn run(cli: Cli) -> Result<()> {
             };
             let cfg = config::load(config.as_deref(), &overrides, &global.kubernetes_dir)?;
             pki::expiration::report(&cfg, &global.kubernetes_dir, out)
+        }
+        Command::Token(command) => {
+            let admin = |access: cli::ClusterAccess| {
+                access
+                    .kubeconfig
+                    .unwrap_or_else(|| global.kubernetes_dir.join("admin.conf"))
+            };
+            match command {
+                TokenCommand::Create {
+                    token,
+                    ttl,
+                    usages,
+                    groups,
+                    description,
+                    print_join_command,
+                    certificate_key,
+                    upload_certs,
+                    cert_dir,
+                    access,
+                } => cluster::tokens::create(
+                    cluster::tokens::CreateRequest {
+                        token,
+                        ttl,
+                        usages,
+                        groups,
+                        description,
+                        print_join_command,
+                        certificate_key,
+                        upload_certs,
+                        cert_dir,
+                    },
+                    &admin(access),
+                    &global.kubernetes_dir,
+                    out,
+                ),
+                TokenCommand::List { access } => cluster::tokens::list(&admin(access), out),
+                TokenCommand::Delete { ids, access } => {
+                    cluster::tokens::delete(&ids, &admin(access), out)
+                }
+                TokenCommand::Generate => {
+                    println!("{}", cluster::token::Token::generate());
+                    Ok(())
+                }
+            }
         }
         Command::Reset {
             force,
@@ -230,6 +282,25 @@ fn context(global: &cli::Global, flags: &InitFlags, out: Output) -> Result<phase
         Path::new(&cfg.cluster.certificates_dir),
         Path::new(&etcd_data_dir),
     );
+    if let Some(dir) = cfg
+        .init
+        .patches
+        .as_ref()
+        .filter(|p| !p.directory.is_empty())
+    {
+        // Every patch file is read, and every manifest patched, before anything is written.
+        for target in render::patches::TARGETS {
+            render::patches::load(Path::new(&dir.directory), target)?;
+        }
+        for component in [
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+        ] {
+            render::render(&cfg, &layout, component, flags.templates.as_deref())?;
+        }
+    }
     let dry_run = flags.dry_run || cfg.init.dry_run;
     let writer = host::HostWriter::open(&layout, dry_run).context("preparing the node")?;
     if let Some(dir) = writer.dry_run_dir() {
@@ -252,6 +323,9 @@ fn context(global: &cli::Global, flags: &InitFlags, out: Output) -> Result<phase
         out,
         now,
         templates: flags.templates.clone(),
+        tokens: Vec::new(),
+        certificate_key: None,
+        api: None,
     })
 }
 

@@ -30,7 +30,7 @@ fn a_crash_after_any_phase_is_completed_by_a_plain_rerun() {
     clean.run_ok(&[
         "init",
         "--skip-phases",
-        "preflight,wait-control-plane",
+        HOST_PHASES_ONLY,
         "--config",
         clean.config_path().to_str().unwrap(),
     ]);
@@ -43,7 +43,7 @@ fn a_crash_after_any_phase_is_completed_by_a_plain_rerun() {
             .args([
                 "init",
                 "--skip-phases",
-                "preflight,wait-control-plane",
+                HOST_PHASES_ONLY,
                 "--config",
                 cfg.to_str().unwrap(),
                 "--kubernetes-dir",
@@ -70,7 +70,7 @@ fn a_crash_after_any_phase_is_completed_by_a_plain_rerun() {
         let out = node.run_ok(&[
             "init",
             "--skip-phases",
-            "preflight,wait-control-plane",
+            HOST_PHASES_ONLY,
             "--config",
             cfg.to_str().unwrap(),
         ]);
@@ -88,7 +88,7 @@ fn a_crash_after_any_phase_is_completed_by_a_plain_rerun() {
         node.run_ok(&[
             "init",
             "--skip-phases",
-            "preflight,wait-control-plane",
+            HOST_PHASES_ONLY,
             "--config",
             cfg.to_str().unwrap(),
         ]);

@@ -56,7 +56,7 @@ fn a_busy_port_stops_init_before_anything_is_written() {
     node.run_ok(&[
         "init",
         "--skip-phases",
-        "preflight,wait-control-plane",
+        HOST_PHASES_ONLY,
         "--config",
         cfg.to_str().unwrap(),
     ]);

@@ -12,7 +12,7 @@ fn rerunning_certs_and_kubeconfig_changes_nothing() {
     node.run_ok(&[
         "init",
         "--skip-phases",
-        "preflight,wait-control-plane",
+        HOST_PHASES_ONLY,
         "--config",
         node.config_path().to_str().unwrap(),
     ]);
@@ -27,13 +27,7 @@ fn rerunning_certs_and_kubeconfig_changes_nothing() {
     );
     node.run_ok(&["init", "phase", "kubeconfig", "all", "--config", cfg]);
     node.run_ok(&["init", "phase", "certs", "apiserver", "--config", cfg]);
-    node.run_ok(&[
-        "init",
-        "--skip-phases",
-        "preflight,wait-control-plane",
-        "--config",
-        cfg,
-    ]);
+    node.run_ok(&["init", "--skip-phases", HOST_PHASES_ONLY, "--config", cfg]);
     assert_eq!(
         node.snapshot(),
         before,

@@ -10,7 +10,7 @@ fn reset_removes_every_journaled_path_and_nothing_else() {
     node.run_ok(&[
         "init",
         "--skip-phases",
-        "preflight,wait-control-plane",
+        HOST_PHASES_ONLY,
         "--config",
         cfg.to_str().unwrap(),
     ]);
@@ -79,13 +79,7 @@ fn an_etcd_data_dir_kubeforge_did_not_create_is_emptied_not_removed() {
     std::fs::create_dir_all(&data).unwrap();
     let cfg = node.write_config("ECDSA-P256", "");
     let cfg = cfg.to_str().unwrap();
-    node.run_ok(&[
-        "init",
-        "--skip-phases",
-        "preflight,wait-control-plane",
-        "--config",
-        cfg,
-    ]);
+    node.run_ok(&["init", "--skip-phases", HOST_PHASES_ONLY, "--config", cfg]);
     std::fs::create_dir_all(data.join("member/wal")).unwrap();
     // kubeforge's own etcd wrote that data: a re-run's preflight does not call it a conflict.
     let out = node.run(&["init", "phase", "preflight", "--config", cfg]);

@@ -56,6 +56,9 @@ pub enum Command {
     /// Certificate management.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Manage bootstrap tokens (the join credentials).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Remove everything kubeforge wrote on this node (from its journal).
     Reset {
         /// Do not ask for confirmation.
@@ -208,4 +211,65 @@ pub enum CertsCommand {
     },
     /// Print a new random certificate key for --certificate-key.
     CertificateKey,
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterAccess {
+    /// The kubeconfig to reach the cluster with (default: <kubernetes-dir>/admin.conf).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a bootstrap token on the server and print it (or the join command).
+    Create {
+        /// The token to create (`[a-z0-9]{6}.[a-z0-9]{16}`); default: a random one.
+        token: Option<String>,
+        /// How long the token lives (0 = forever).
+        #[arg(long, default_value = "24h0m0s", value_name = "DURATION")]
+        ttl: String,
+        /// What the token may be used for.
+        #[arg(long, value_delimiter = ',', default_value = "signing,authentication")]
+        usages: Vec<String>,
+        /// Extra groups the token authenticates as.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "system:bootstrappers:kubeadm:default-node-token"
+        )]
+        groups: Vec<String>,
+        /// A human-friendly description of the token.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Print the whole join command instead of the token alone.
+        #[arg(long)]
+        print_join_command: bool,
+        /// With --print-join-command: print the control-plane join command with this key.
+        #[arg(long, value_name = "KEY", requires = "print_join_command")]
+        certificate_key: Option<String>,
+        /// Upload the control-plane certificates again under a fresh certificate key (or the one
+        /// given), for a control-plane join command.
+        #[arg(long)]
+        upload_certs: bool,
+        /// Where the certificates to upload are (default: the cluster's certificatesDir).
+        #[arg(long, value_name = "DIR")]
+        cert_dir: Option<PathBuf>,
+        #[command(flatten)]
+        access: ClusterAccess,
+    },
+    /// List the bootstrap tokens on the server.
+    List {
+        #[command(flatten)]
+        access: ClusterAccess,
+    },
+    /// Delete bootstrap tokens, by ID or whole token.
+    Delete {
+        #[arg(required = true, value_name = "TOKEN_ID")]
+        ids: Vec<String>,
+        #[command(flatten)]
+        access: ClusterAccess,
+    },
+    /// Print a random token (nothing is created on the server).
+    Generate,
 }

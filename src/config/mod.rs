@@ -35,10 +35,8 @@ pub struct Config {
     /// The KubeletConfiguration document, passed through as written.
     pub kubelet: Option<serde_yaml::Value>,
     /// The KubeProxyConfiguration document, passed through as written.
-    #[allow(dead_code)] // uploaded by the kube-proxy addon phase
     pub kube_proxy: Option<serde_yaml::Value>,
     /// `--upload-certs`.
-    #[allow(dead_code)] // read by the upload-certs phase
     pub upload_certs: bool,
 }
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
-use kube::api::{ObjectMeta, PostParams};
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+use kube::api::PostParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 
@@ -16,13 +16,20 @@ use super::diagnose::Container;
 /// A client from `kubeconfig`'s credentials, pointed at `server` (the local API endpoint, as
 /// kubeadm does during init) and verifying it with the kubeconfig's CA.
 pub async fn local_client(kubeconfig: &Path, server: &str) -> Result<Client> {
+    client(kubeconfig, Some(server)).await
+}
+
+/// A client with `kubeconfig`'s credentials, on its own server unless `server` is given.
+pub async fn client(kubeconfig: &Path, server: Option<&str>) -> Result<Client> {
     let kc = Kubeconfig::read_from(kubeconfig)
         .with_context(|| format!("reading {}", kubeconfig.display()))?;
     let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .with_context(|| format!("loading {}", kubeconfig.display()))?;
-    config.cluster_url = server.parse().context("the local API endpoint")?;
-    config.proxy_url = None;
+    if let Some(server) = server {
+        config.cluster_url = server.parse().context("the local API endpoint")?;
+        config.proxy_url = None;
+    }
     config.connect_timeout = Some(Duration::from_secs(2));
     Ok(Client::try_from(config)?)
 }
@@ -47,24 +54,8 @@ pub enum Created {
 /// kubeadm's `kubeadm:cluster-admins` ClusterRoleBinding (contract 2.4): the group admin.conf's
 /// certificate carries gets cluster-admin. Already there counts as done.
 pub async fn create_cluster_admins_binding(client: &Client) -> Result<Created> {
-    let rbac = "rbac.authorization.k8s.io";
-    let binding = ClusterRoleBinding {
-        metadata: ObjectMeta {
-            name: Some("kubeadm:cluster-admins".into()),
-            ..Default::default()
-        },
-        role_ref: RoleRef {
-            api_group: rbac.into(),
-            kind: "ClusterRole".into(),
-            name: "cluster-admin".into(),
-        },
-        subjects: Some(vec![Subject {
-            api_group: Some(rbac.into()),
-            kind: "Group".into(),
-            name: "kubeadm:cluster-admins".into(),
-            namespace: None,
-        }]),
-    };
+    let rendered = crate::cluster::objects::cluster_admins()?.remove(0);
+    let binding: ClusterRoleBinding = serde_json::from_value(rendered)?;
     match Api::<ClusterRoleBinding>::all(client.clone())
         .create(&PostParams::default(), &binding)
         .await

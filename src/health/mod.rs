@@ -20,6 +20,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
 use serde_json::json;
 
+pub use api::{client, local_client};
 pub use diagnose::Container;
 
 use crate::config::Config;

@@ -133,3 +133,25 @@ fn systemctl(args: &[&str]) -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
+
+/// Restarts a systemd-run kubelet so it reads a changed kubelet.conf; a kubelet run by anything
+/// else is left to that supervisor, with a note.
+pub fn restart_kubelet(ctx: &Context, phase: &str) -> Result<()> {
+    let systemd = std::path::Path::new("/run/systemd/system").is_dir();
+    if systemd && ctx.layout.kubelet_dir == std::path::Path::new("/var/lib/kubelet") {
+        if !systemctl(&["restart", "kubelet"]) {
+            ctx.out.step(
+                phase,
+                "WARNING: `systemctl restart kubelet` failed; restart the kubelet yourself",
+                json!({ "warning": "systemctl failed" }),
+            );
+        }
+    } else {
+        ctx.out.step(
+            phase,
+            "The kubelet is not managed by systemd here: restart it with your supervisor to read the new kubelet.conf",
+            json!({ "systemd": false }),
+        );
+    }
+    Ok(())
+}

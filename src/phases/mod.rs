@@ -3,6 +3,7 @@
 //! `--skip-phases name` or `name/sub` leaves some out, with kubeadm's names.
 
 mod certs;
+mod cluster;
 mod kubeconfig;
 mod kubelet;
 mod manifests;
@@ -27,6 +28,12 @@ pub struct Context {
     pub now: OffsetDateTime,
     /// `--templates DIR`: manifest templates that replace the built-in ones.
     pub templates: Option<std::path::PathBuf>,
+    /// The bootstrap tokens of this run (bootstrap-token), for the join command.
+    pub tokens: Vec<crate::cluster::token::Token>,
+    /// The key of the uploaded certificates (upload-certs), for the control-plane join command.
+    pub certificate_key: Option<String>,
+    /// The cluster phases' runtime and admin client, made by the first one that needs them.
+    pub api: Option<(tokio::runtime::Runtime, kube::Client)>,
 }
 
 impl Context {
@@ -86,6 +93,13 @@ pub const INIT: &[Phase] = &[
     manifests::CONTROL_PLANE,
     kubelet::PHASE,
     wait::PHASE,
+    cluster::UPLOAD_CONFIG,
+    cluster::UPLOAD_CERTS,
+    cluster::MARK_CONTROL_PLANE,
+    cluster::BOOTSTRAP_TOKEN,
+    cluster::KUBELET_FINALIZE,
+    cluster::ADDON,
+    cluster::SHOW_JOIN_COMMAND,
 ];
 
 pub fn find(phases: &'static [Phase], name: &str) -> Option<&'static Phase> {

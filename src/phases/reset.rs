@@ -18,7 +18,6 @@ const LEFT_ALONE: &[(&str, &str)] = &[
     ("iptables / IPVS rules", "kube-proxy and the CNI plugin wrote them; flushing them is the operator's call (iptables -F, ipvsadm --clear)"),
     ("$HOME/.kube/config", "copied by the operator, not written by kubeforge"),
     ("the kubelet's own files (pods/, pki/, checkpoints)", "the kubelet made them; they are removed with its directory only when nothing else is left"),
-    ("backups in <kubernetes-dir>/tmp/kubeforge-backup-*", "kept so a replaced file can still be recovered"),
 ];
 
 fn etcd_data_dir(layout: &Layout) -> Option<PathBuf> {
@@ -157,6 +156,28 @@ pub fn run(layout: &Layout, out: Output, force: bool, dry_run: bool) -> Result<(
                     } else {
                         std::fs::remove_file(&path)?;
                     }
+                }
+            }
+        }
+    }
+    // Backups of replaced files hold the removed cluster's keys: they go too.
+    if let Ok(backups) = std::fs::read_dir(&layout.backup_dir) {
+        for entry in backups.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("kubeforge-backup-")
+            {
+                out.step(
+                    "reset",
+                    &format!(
+                        "{verb} the backups in {:?}",
+                        entry.path().display().to_string()
+                    ),
+                    json!({ "path": entry.path(), "dryRun": dry_run }),
+                );
+                if !dry_run {
+                    std::fs::remove_dir_all(entry.path())?;
                 }
             }
         }

@@ -19,7 +19,8 @@ fn run(ctx: &mut Context, _sel: &Selection) -> Result<()> {
             "Would wait for the kubelet and the control-plane static Pods to be healthy",
             json!({ "dryRun": true }),
         );
-        return Ok(());
+        let binding = crate::cluster::objects::cluster_admins()?;
+        return super::cluster::apply_objects(ctx, "wait-control-plane", binding);
     }
     crate::health::wait_control_plane(&ctx.cfg, &ctx.layout, ctx.out)
 }

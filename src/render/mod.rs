@@ -2,6 +2,8 @@
 //! k8s-openapi `Pod`, completed with the operator's extraArgs / extraVolumes / extraEnvs, and
 //! serialized deterministically (keys sorted at every level, as kubeadm's output is).
 
+pub mod patches;
+
 use anyhow::{anyhow, bail, Context, Result};
 use handlebars::Handlebars;
 use k8s_openapi::api::core::v1::{EnvVar, HostPathVolumeSource, Pod, Volume, VolumeMount};
@@ -346,6 +348,15 @@ pub fn render(
     let mut pod: Pod = serde_yaml::from_str(&text)
         .with_context(|| format!("the rendered {component} manifest is not a valid Pod"))?;
     complete(cfg, component, &mut pod)?;
+    let value = serde_json::to_value(&pod).expect("a Pod serializes");
+    let patched = patches::for_target(cfg, component, value.clone())?;
+    if patched != value {
+        pod = serde_json::from_value(patched).map_err(|e| {
+            crate::BadInput(format!(
+                "after the patches for {component}, the manifest is not a valid Pod: {e}"
+            ))
+        })?;
+    }
     Ok(serialize(&pod))
 }
 

@@ -2,12 +2,18 @@
 //! tests check our output with. A missing tool fails the test loudly; nothing is ever skipped.
 #![allow(dead_code)]
 
+pub mod standin;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kubeforge");
+
+/// `--skip-phases` for a node without a kubelet or API server: the phases that write host files
+/// run, the ones that need a running control plane do not.
+pub const HOST_PHASES_ONLY: &str = "preflight,wait-control-plane,upload-config,upload-certs,mark-control-plane,bootstrap-token,addon,show-join-command";
 
 pub fn reference_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/kubeadm-v1.35.6")

@@ -137,32 +137,157 @@ fn node_files() -> BTreeMap<std::path::PathBuf, (Vec<u8>, std::time::SystemTime,
     files
 }
 
+/// `sha256:<hex>` of the CA's SubjectPublicKeyInfo, computed by openssl.
+fn openssl_ca_pin() -> String {
+    let out = harness::run(std::process::Command::new("sh").arg("-c").arg(format!(
+        "openssl x509 -pubkey -noout -in {KUBERNETES_DIR}/pki/ca.crt | openssl pkey -pubin -outform der | sha256sum"
+    )));
+    format!("sha256:{}", out.split_whitespace().next().unwrap())
+}
+
+/// The objects of contract 6 on the real API server, and the join command as printed.
+fn assert_cluster_bootstrapped(s: &Scenario, run: &harness::Run) {
+    let text = run.text();
+    let join = text
+        .lines()
+        .skip_while(|l| !l.contains("join any number of worker nodes"))
+        .skip(2)
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let words: Vec<&str> = join.split_whitespace().filter(|w| *w != "\\").collect();
+    assert_eq!(
+        &words[..3],
+        [
+            "kubeforge",
+            "join",
+            &format!("{}:6443", s.host.advertise_address)
+        ],
+        "{join}"
+    );
+    assert_eq!(words[3], "--token", "{join}");
+    let token = words[4];
+    assert!(
+        token.len() == 23 && token.as_bytes()[6] == b'.',
+        "a malformed token in {join}"
+    );
+    assert_eq!(
+        &words[5..],
+        ["--discovery-token-ca-cert-hash", &openssl_ca_pin()],
+        "{join}"
+    );
+    let outside_join: String = text
+        .lines()
+        .filter(|l| !l.starts_with("kubeforge join"))
+        .collect();
+    assert!(
+        !outside_join.contains(&token[7..]),
+        "the token secret appears outside the join commands"
+    );
+
+    let info = kubectl_json(
+        &s.host,
+        &["get", "configmap", "-n", "kube-public", "cluster-info"],
+    );
+    assert!(
+        info["data"][format!("jws-kubeconfig-{}", &token[..6])].is_string(),
+        "cluster-info is not signed for the token: {info}"
+    );
+    for (ns, kind, name) in [
+        ("kube-system", "configmap", "kubeadm-config"),
+        ("kube-system", "configmap", "kubelet-config"),
+        ("kube-system", "configmap", "kube-proxy"),
+        ("kube-system", "configmap", "coredns"),
+        (
+            "kube-system",
+            "secret",
+            &format!("bootstrap-token-{}", &token[..6]),
+        ),
+        ("kube-system", "secret", "kubeadm-certs"),
+        ("kube-system", "deployment", "coredns"),
+        ("kube-system", "daemonset", "kube-proxy"),
+        ("kube-system", "service", "kube-dns"),
+        (
+            "kube-public",
+            "role",
+            "kubeadm:bootstrap-signer-clusterinfo",
+        ),
+    ] {
+        kubectl_json(&s.host, &["get", "-n", ns, kind, name]);
+    }
+    let certs = kubectl_json(
+        &s.host,
+        &["get", "secret", "-n", "kube-system", "kubeadm-certs"],
+    );
+    assert_eq!(certs["data"].as_object().unwrap().len(), 8, "{certs}");
+    assert_eq!(
+        certs["metadata"]["ownerReferences"][0]["kind"], "Secret",
+        "{certs}"
+    );
+    let node = kubectl_json(&s.host, &["get", "node", NODE]);
+    assert_eq!(
+        node["metadata"]["labels"]["node-role.kubernetes.io/control-plane"],
+        ""
+    );
+    assert!(node["spec"]["taints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["key"] == "node-role.kubernetes.io/control-plane"));
+}
+
 #[test]
 fn init_brings_up_the_control_plane_and_a_rerun_changes_nothing() {
     if !asked_for() {
         return;
     }
     let s = Scenario::start();
-    let run = init(&s, &[], &[]);
+    let run = init(&s, &["--upload-certs"], &[]);
     assert_ok(&s, &run);
     assert_control_plane_ready(&s);
+    assert_cluster_bootstrapped(&s, &run);
     let written = run
         .at("Creating static Pod manifest for \"kube-scheduler\"")
         .expect("the control-plane phase line");
+    let ready = run
+        .at("All control plane components are healthy")
+        .expect("the wait's last line");
     println!(
-        "FIGURES: kubernetes {}: init wall time {:.2} s; manifests written at {:.2} s; all four mirror pods Ready {:.2} s after the manifests",
+        "FIGURES: kubernetes {}: init wall time {:.2} s; manifests written at {:.2} s; all four mirror pods Ready {:.2} s after the manifests; cluster phases after the wait {:.2} s",
         s.host.version,
         run.seconds,
         written,
-        run.seconds - written
+        ready - written,
+        run.seconds - ready
     );
 
-    // Scenario 2: the same init again changes no file and restarts no pod.
+    for (t, line) in run
+        .lines
+        .iter()
+        .filter(|(t, l)| *t >= ready && l.starts_with('['))
+    {
+        println!("FIGURES: {t:6.2} s {line}");
+    }
+
+    // Scenario 2: the same init again changes no file, restarts no pod, changes no object.
     let files = node_files();
     let pods = mirror_pods(&s);
     let again = init(&s, &[], &[]);
     assert_ok(&s, &again);
     assert_eq!(node_files(), files, "a re-run changed files on the node");
+    let applied: Vec<&str> = again
+        .lines
+        .iter()
+        .map(|(_, l)| l.as_str())
+        .filter(|l| l.contains(" objects in "))
+        .collect();
+    assert_eq!(applied.len(), 3, "{applied:?}");
+    for line in applied {
+        assert!(
+            line.contains(" 0 created, 0 changed,"),
+            "a re-run changed cluster objects: {line}"
+        );
+    }
     std::thread::sleep(Duration::from_secs(2));
     let after = mirror_pods(&s);
     for c in COMPONENTS {

@@ -1,0 +1,227 @@
+//! `kube-system/kubeadm-certs` (contract 6.3): the control plane's shared CAs and keys, each
+//! AES-256-GCM-encrypted with the 32-byte certificate key, stored as nonce || ciphertext || tag
+//! (Go's `gcm.Seal(nonce, nonce, data, nil)`), under kubeadm's data key names.
+
+use std::path::{Path, PathBuf};
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use rand::Rng;
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::apply::{self, Applied};
+use super::objects::{self, TokenSecret};
+use super::token::Token;
+
+/// How long uploaded certificates stay readable (kubeadm: 2 h).
+const TTL: Duration = Duration::from_secs(2 * 3600);
+
+/// What an upload applies: the short-lived token Secret and the RBAC that lets joining nodes
+/// read the certificates, then `kubeadm-certs` itself, owned by that token Secret so that the
+/// garbage collector deletes it when the token expires.
+pub struct Upload {
+    pub rest: Vec<Value>,
+    pub certs: Value,
+    owner: String,
+}
+
+/// `files`: (data key, file content; empty = absent, as kubeadm uploads an external CA's key).
+pub fn upload_objects(
+    files: &[(String, Vec<u8>)],
+    key: &[u8; 32],
+    now: OffsetDateTime,
+) -> Result<Upload> {
+    let data: serde_json::Map<String, Value> = files
+        .iter()
+        .map(|(name, plain)| {
+            let value = if plain.is_empty() {
+                Vec::new()
+            } else {
+                encrypt(key, plain)
+            };
+            (name.clone(), json!(STANDARD.encode(value)))
+        })
+        .collect();
+    let ttl_token = Token::generate();
+    let rest = objects::upload_certs(&TokenSecret {
+        id: ttl_token.id().into(),
+        secret: ttl_token.secret().into(),
+        description: String::new(),
+        expiration: Some((now + TTL).format(&Rfc3339).expect("RFC 3339")),
+        usages: Vec::new(),
+        groups: Vec::new(),
+    })?;
+    Ok(Upload {
+        rest,
+        certs: json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": { "name": "kubeadm-certs", "namespace": "kube-system" },
+            "data": data,
+        }),
+        owner: format!("bootstrap-token-{}", ttl_token.id()),
+    })
+}
+
+/// Applies an upload; results in the order of `rest`, then `certs`.
+pub async fn upload(
+    client: &kube::Client,
+    upload: &Upload,
+    limit: Duration,
+) -> Result<Vec<Applied>> {
+    let mut results = apply::apply_all(client, &upload.rest, limit).await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "kube-system");
+    let owner = secrets.get(&upload.owner).await?;
+    let mut certs = upload.certs.clone();
+    certs["metadata"]["ownerReferences"] = json!([{
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "name": upload.owner,
+        "uid": owner.metadata.uid.unwrap_or_default(),
+        "controller": true,
+        "blockOwnerDeletion": true,
+    }]);
+    results.push(apply::apply(client, &certs, limit).await?);
+    Ok(results)
+}
+
+/// (data key, file under the PKI dir) for a stacked-etcd control plane; with external etcd the
+/// etcd entries are the configured client files instead.
+pub fn files(pki: &Path, external: Option<&crate::config::ExternalEtcd>) -> Vec<(String, PathBuf)> {
+    let mut list: Vec<(String, PathBuf)> = [
+        "ca.crt",
+        "ca.key",
+        "front-proxy-ca.crt",
+        "front-proxy-ca.key",
+        "sa.key",
+        "sa.pub",
+    ]
+    .iter()
+    .map(|f| (f.to_string(), pki.join(f)))
+    .collect();
+    match external {
+        None => {
+            list.push(("etcd-ca.crt".into(), pki.join("etcd/ca.crt")));
+            list.push(("etcd-ca.key".into(), pki.join("etcd/ca.key")));
+        }
+        Some(e) => {
+            list.push(("external-etcd-ca.crt".into(), PathBuf::from(&e.ca_file)));
+            list.push(("external-etcd.crt".into(), PathBuf::from(&e.cert_file)));
+            list.push(("external-etcd.key".into(), PathBuf::from(&e.key_file)));
+        }
+    }
+    list
+}
+
+/// The 32-byte key from its 64 hex characters; the error never repeats the key.
+pub fn parse_key(hex_key: &str) -> Result<[u8; 32]> {
+    let bytes = hex::decode(hex_key.trim())
+        .map_err(|_| anyhow!("the certificate key is not hexadecimal (64 characters expected)"))?;
+    bytes
+        .try_into()
+        .map_err(|_| anyhow!("the certificate key must be 32 bytes (64 hex characters)"))
+}
+
+fn sealing_key(key: &[u8; 32]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("a 32-byte AES-256 key"))
+}
+
+pub fn encrypt(key: &[u8; 32], plaintext: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rng().fill(&mut nonce);
+    let mut sealed = plaintext.to_vec();
+    sealing_key(key)
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::empty(),
+            &mut sealed,
+        )
+        .expect("AES-GCM sealing of an in-memory buffer");
+    let mut out = nonce.to_vec();
+    out.extend(sealed);
+    out
+}
+
+#[allow(dead_code)] // join's download-certs decrypts; the tests do now
+pub fn decrypt(key: &[u8; 32], data: &[u8]) -> Result<Vec<u8>> {
+    if data.len() < NONCE_LEN {
+        bail!("an encrypted kubeadm-certs value is too short");
+    }
+    let (nonce, sealed) = data.split_at(NONCE_LEN);
+    let mut buffer = sealed.to_vec();
+    let nonce = Nonce::try_assume_unique_for_key(nonce).expect("NONCE_LEN bytes");
+    let plain = sealing_key(key)
+        .open_in_place(nonce, Aad::empty(), &mut buffer)
+        .map_err(|_| {
+            anyhow!("the certificate key does not decrypt kubeadm-certs (wrong or expired key?)")
+        })?;
+    Ok(plain.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_wrong_key() {
+        let key = [7u8; 32];
+        let sealed = encrypt(&key, b"secret pem");
+        assert_eq!(sealed.len(), NONCE_LEN + 10 + 16);
+        assert_eq!(decrypt(&key, &sealed).unwrap(), b"secret pem");
+        let e = decrypt(&[8u8; 32], &sealed).unwrap_err().to_string();
+        assert!(e.contains("wrong or expired key"), "{e}");
+        assert!(parse_key(&"ab".repeat(32)).is_ok());
+        assert!(parse_key("abc").is_err());
+    }
+
+    /// Key bytes 0..32, nonce bytes 100..112, stored as kubeadm stores it (nonce || ciphertext ||
+    /// tag). Computed outside kubeforge with Python's `cryptography` (OpenSSL's AES-GCM):
+    /// `nonce + AESGCM(key).encrypt(nonce, PLAIN, None)`.
+    const VECTOR: &str = "ZGVmZ2hpamtsbW5vZTbzS1SrE9l3LH+rnzc+tASLRUvfKd5fivyBQpDWxy3yhjKnKRi2KdDeVXqzBuqMXgnMrmYDAmmutIH7wqyIgADDNz3VV3rHbwN++9GAg1U=";
+    const PLAIN: &[u8] = b"-----BEGIN CERTIFICATE-----\nkubeforge\n-----END CERTIFICATE-----\n";
+
+    fn vector_key() -> [u8; 32] {
+        std::array::from_fn(|i| i as u8)
+    }
+
+    #[test]
+    fn decrypts_a_value_sealed_elsewhere() {
+        let sealed = STANDARD.decode(VECTOR).unwrap();
+        assert_eq!(decrypt(&vector_key(), &sealed).unwrap(), PLAIN);
+        let mut tampered = sealed.clone();
+        tampered[20] ^= 1;
+        assert!(decrypt(&vector_key(), &tampered).is_err());
+    }
+
+    /// The other direction: what kubeforge seals, an independent AES-GCM (Python's
+    /// `cryptography`) opens, reading the nonce from the first 12 bytes as kubeadm does.
+    #[test]
+    fn sealed_values_open_elsewhere() {
+        let key = vector_key();
+        let sealed = encrypt(&key, PLAIN);
+        let script = r#"
+import base64, sys
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+key, data = bytes(range(32)), base64.b64decode(sys.argv[1])
+sys.stdout.write(AESGCM(key).decrypt(data[:12], data[12:], None).decode())
+"#;
+        let out = std::process::Command::new("python3")
+            .args(["-c", script, &STANDARD.encode(&sealed)])
+            .output()
+            .expect("python3 (scripts/test.sh installs it with cryptography)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, PLAIN);
+    }
+}

@@ -1,0 +1,283 @@
+//! The objects init creates in the cluster once the control plane is up (contract 6), rendered
+//! from `templates/cluster/` in kubeadm's order. Rendering needs no API server, so `--dry-run`
+//! and the tests see exactly what would be applied.
+
+use anyhow::{Context, Result};
+use base64::Engine;
+use handlebars::{Handlebars, Helper, HelperResult, Output, RenderContext};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+use crate::config::Config;
+use crate::host::Layout;
+use crate::render::{coredns_image, kube_proxy_image, to_yaml};
+
+/// One bootstrap token as its Secret stores it (contract 6.5).
+pub struct TokenSecret {
+    pub id: String,
+    pub secret: String,
+    pub description: String,
+    /// RFC 3339 UTC; None = never expires.
+    pub expiration: Option<String>,
+    /// `signing`, `authentication`.
+    pub usages: Vec<String>,
+    pub groups: Vec<String>,
+}
+
+fn template(name: &str) -> &'static str {
+    match name {
+        "upload-config-kubeadm" => {
+            include_str!("../../templates/cluster/upload-config-kubeadm.yaml.hbs")
+        }
+        "upload-config-kubelet" => {
+            include_str!("../../templates/cluster/upload-config-kubelet.yaml.hbs")
+        }
+        "bootstrap-token" => include_str!("../../templates/cluster/bootstrap-token.yaml.hbs"),
+        "token-secret" => include_str!("../../templates/cluster/token-secret.yaml.hbs"),
+        "addon-coredns" => include_str!("../../templates/cluster/addon-coredns.yaml.hbs"),
+        "addon-kube-proxy" => include_str!("../../templates/cluster/addon-kube-proxy.yaml.hbs"),
+        "cluster-admins" => include_str!("../../templates/cluster/cluster-admins.yaml.hbs"),
+        "upload-certs" => include_str!("../../templates/cluster/upload-certs.yaml.hbs"),
+        "Corefile" => include_str!("../../templates/cluster/Corefile.hbs"),
+        "kube-proxy.conf" => include_str!("../../templates/cluster/kube-proxy.conf.hbs"),
+        "kube-proxy-kubeconfig.conf" => {
+            include_str!("../../templates/cluster/kube-proxy-kubeconfig.conf.hbs")
+        }
+        other => unreachable!("no cluster template {other}"),
+    }
+}
+
+/// `{{json x}}`: x as a JSON value, which YAML reads back unchanged (multi-line strings too).
+fn json_helper(
+    h: &Helper,
+    _: &Handlebars,
+    _: &handlebars::Context,
+    _: &mut RenderContext,
+    out: &mut dyn Output,
+) -> HelperResult {
+    let value = h.param(0).map(|p| p.value().clone()).unwrap_or(Value::Null);
+    out.write(&value.to_string())?;
+    Ok(())
+}
+
+/// `{{b64 x}}`: a Secret data value.
+fn b64_helper(
+    h: &Helper,
+    _: &Handlebars,
+    _: &handlebars::Context,
+    _: &mut RenderContext,
+    out: &mut dyn Output,
+) -> HelperResult {
+    let text = h.param(0).and_then(|p| p.value().as_str()).unwrap_or("");
+    out.write(&base64::engine::general_purpose::STANDARD.encode(text))?;
+    Ok(())
+}
+
+fn render_text(name: &str, data: &Value) -> Result<String> {
+    let mut hb = Handlebars::new();
+    hb.set_strict_mode(true);
+    hb.register_escape_fn(handlebars::no_escape);
+    hb.register_helper("json", Box::new(json_helper));
+    hb.register_helper("b64", Box::new(b64_helper));
+    hb.render_template(template(name), data)
+        .with_context(|| format!("rendering templates/cluster/{name}"))
+}
+
+/// A multi-document template as the objects it holds, in order.
+fn render_objects(name: &str, data: &Value) -> Result<Vec<Value>> {
+    let text = render_text(name, data)?;
+    let mut objects = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value = Value::deserialize(doc)
+            .with_context(|| format!("templates/cluster/{name} does not render to YAML"))?;
+        if !value.is_null() {
+            objects.push(value);
+        }
+    }
+    Ok(objects)
+}
+
+/// kubeadm's `kubeadm.kubernetes.io/component-config.hash`: SHA-256 over the data values in key
+/// order.
+pub fn component_config_hash(data: &BTreeMap<String, String>) -> String {
+    let mut hash = Sha256::new();
+    for value in data.values() {
+        hash.update(value.as_bytes());
+    }
+    format!("sha256:{}", hex::encode(hash.finalize()))
+}
+
+/// The v1beta4 ClusterConfiguration as kubeadm uploads it.
+pub fn cluster_configuration_yaml(cfg: &Config) -> Result<String> {
+    let mut value = serde_json::to_value(&cfg.cluster).context("the ClusterConfiguration")?;
+    value["apiVersion"] = json!("kubeadm.k8s.io/v1beta4");
+    value["kind"] = json!("ClusterConfiguration");
+    Ok(to_yaml(value))
+}
+
+pub fn upload_config_kubeadm(cfg: &Config) -> Result<Vec<Value>> {
+    render_objects(
+        "upload-config-kubeadm",
+        &json!({ "clusterConfiguration": cluster_configuration_yaml(cfg)? }),
+    )
+}
+
+pub fn upload_config_kubelet(cfg: &Config, layout: &Layout) -> Result<Vec<Value>> {
+    let mut kubelet = crate::kubelet::cluster_config(cfg, layout)?;
+    if kubelet.get("containerRuntimeEndpoint").is_none() {
+        kubelet["containerRuntimeEndpoint"] = json!("");
+    }
+    let text = to_yaml(kubelet);
+    // The hash marks a config kubeadm generated; an operator's own document carries none.
+    let hash = cfg
+        .kubelet
+        .is_none()
+        .then(|| component_config_hash(&BTreeMap::from([("kubelet".into(), text.clone())])));
+    render_objects(
+        "upload-config-kubelet",
+        &json!({ "kubeletConfiguration": text, "kubeletConfigHash": hash }),
+    )
+}
+
+/// The kubeconfig published in `kube-public/cluster-info`: one unnamed cluster, the CA and the
+/// control-plane endpoint, as kubeadm writes it.
+pub fn cluster_info_kubeconfig(cfg: &Config, ca_pem: &[u8]) -> String {
+    to_yaml(json!({
+        "apiVersion": "v1",
+        "clusters": [{
+            "cluster": {
+                "certificate-authority-data": base64::engine::general_purpose::STANDARD.encode(ca_pem),
+                "server": cfg.control_plane_endpoint_url(),
+            },
+            "name": "",
+        }],
+        "contexts": null,
+        "current-context": "",
+        "kind": "Config",
+        "users": null,
+    }))
+}
+
+/// The Secret of one bootstrap token.
+pub fn token_secret(t: &TokenSecret) -> Result<Value> {
+    let mut objects = render_objects(
+        "token-secret",
+        &json!({
+            "id": t.id,
+            "secret": t.secret,
+            "description": t.description,
+            "expiration": t.expiration,
+            "usages": t.usages,
+            "groups": t.groups.join(","),
+        }),
+    )?;
+    objects
+        .pop()
+        .context("templates/cluster/token-secret renders no object")
+}
+
+/// Every token's Secret, then the RBAC and cluster-info of contract 6.6-6.7.
+pub fn bootstrap_token(cfg: &Config, tokens: &[TokenSecret], ca_pem: &[u8]) -> Result<Vec<Value>> {
+    let mut objects = tokens
+        .iter()
+        .map(token_secret)
+        .collect::<Result<Vec<_>>>()?;
+    objects.extend(render_objects(
+        "bootstrap-token",
+        &json!({ "clusterInfoKubeconfig": cluster_info_kubeconfig(cfg, ca_pem) }),
+    )?);
+    Ok(objects)
+}
+
+pub fn coredns(cfg: &Config) -> Result<Vec<Value>> {
+    let domain = &cfg.cluster.networking.dns_domain;
+    let corefile = render_text("Corefile", &json!({ "dnsDomain": domain }))?;
+    let objects = render_objects(
+        "addon-coredns",
+        &json!({
+            "corefile": corefile,
+            "replicas": 2,
+            "image": coredns_image(cfg),
+            "dnsIP": cfg.cluster.dns_ip().to_string(),
+        }),
+    )?;
+    objects
+        .into_iter()
+        .map(|o| match o["kind"].as_str() {
+            Some("Deployment") => crate::render::patches::for_target(cfg, "corednsdeployment", o),
+            _ => Ok(o),
+        })
+        .collect()
+}
+
+pub fn kube_proxy(cfg: &Config) -> Result<Vec<Value>> {
+    let ipv6 = cfg
+        .init
+        .local_api_endpoint
+        .advertise_address
+        .parse::<std::net::Ipv6Addr>()
+        .is_ok();
+    let pod_subnet = &cfg.cluster.networking.pod_subnet;
+    let proxy_config = render_text(
+        "kube-proxy.conf",
+        &json!({
+            "bindAddress": if ipv6 { "'::'" } else { "0.0.0.0" },
+            "clusterCIDR": if pod_subnet.is_empty() { "\"\"".to_string() } else { pod_subnet.clone() },
+        }),
+    )?;
+    let proxy_kubeconfig = render_text(
+        "kube-proxy-kubeconfig.conf",
+        &json!({ "server": cfg.control_plane_endpoint_url() }),
+    )?;
+    let mut proxy_config = proxy_config.trim_end().to_string();
+    if let Some(user) = &cfg.kube_proxy {
+        let mut value: Value =
+            serde_yaml::from_str(&proxy_config).context("the kube-proxy config template")?;
+        crate::kubelet::merge(
+            &mut value,
+            serde_json::to_value(user).context("the KubeProxyConfiguration document")?,
+        );
+        proxy_config = to_yaml(value).trim_end().to_string();
+    }
+    let data = BTreeMap::from([
+        ("config.conf".to_string(), proxy_config.clone()),
+        (
+            "kubeconfig.conf".to_string(),
+            proxy_kubeconfig.trim_end().to_string(),
+        ),
+    ]);
+    render_objects(
+        "addon-kube-proxy",
+        &json!({
+            "proxyConfig": data["config.conf"],
+            "proxyKubeconfig": data["kubeconfig.conf"],
+            // As for the kubelet: an operator's own document carries no hash.
+            "configHash": cfg.kube_proxy.is_none().then(|| component_config_hash(&data)),
+            "image": kube_proxy_image(cfg),
+        }),
+    )
+}
+
+pub fn cluster_admins() -> Result<Vec<Value>> {
+    render_objects("cluster-admins", &json!({}))
+}
+
+/// The TTL token Secret and the RBAC of upload-certs.
+pub fn upload_certs(ttl_token: &TokenSecret) -> Result<Vec<Value>> {
+    render_objects(
+        "upload-certs",
+        &json!({ "id": ttl_token.id, "secret": ttl_token.secret, "expiration": ttl_token.expiration }),
+    )
+}
+
+/// `Kind namespace/name` for messages.
+pub fn describe(object: &Value) -> String {
+    let kind = object["kind"].as_str().unwrap_or("?");
+    let name = object["metadata"]["name"].as_str().unwrap_or("?");
+    match object["metadata"]["namespace"].as_str() {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    }
+}
