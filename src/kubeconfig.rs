@@ -12,11 +12,22 @@ pub struct Kubeconfig {
     #[serde(rename = "apiVersion")]
     pub api_version: String,
     pub clusters: Vec<NamedCluster>,
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub contexts: Vec<NamedContext>,
-    #[serde(rename = "current-context")]
+    #[serde(rename = "current-context", default)]
     pub current_context: String,
     pub kind: String,
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub users: Vec<NamedUser>,
+}
+
+/// cluster-info's kubeconfig writes `contexts: null` and `users: null`.
+fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -4,6 +4,7 @@ mod config;
 mod fault;
 mod health;
 mod host;
+mod join;
 mod kubeconfig;
 mod kubelet;
 mod output;
@@ -18,7 +19,7 @@ use std::process::ExitCode;
 
 use cli::{
     CertsCommand, Cli, Command, ConfigCommand, ImagesCommand, InitFlags, InitSubcommand,
-    PrintCommand, TokenCommand,
+    JoinSubcommand, PrintCommand, TokenCommand,
 };
 use output::Output;
 
@@ -111,6 +112,31 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
         },
+        Command::Join(args) => {
+            let (flags, only) = match args.phase {
+                None => (args.flags, None),
+                Some(JoinSubcommand::Phase { name, flags }) => (flags, Some(name)),
+            };
+            let (cfg, joining) = join::prepare(&flags, &global.kubernetes_dir)?;
+            phases::check_skip(phases::JOIN, &cfg.init.skip_phases)?;
+            let mut ctx = context_for(global, cfg, None, out)?;
+            ctx.joining = Some(joining);
+            let skip = ctx.cfg.init.skip_phases.clone();
+            match only {
+                None => phases::run_all(&mut ctx, phases::JOIN, &skip)?,
+                Some(name) => {
+                    let phase = phases::find(phases::JOIN, &name).expect("clap checked the name");
+                    let sel = phases::Selection {
+                        phase: phase.name,
+                        only: None,
+                        skip: &skip,
+                    };
+                    (phase.run)(&mut ctx, &sel)?;
+                }
+            }
+            finish_dry_run(&ctx);
+            Ok(())
+        }
         Command::Config(ConfigCommand::Print(PrintCommand::InitDefaults)) => {
             print!("{}", config::print_init_defaults());
             Ok(())
@@ -269,6 +295,18 @@ fn context(global: &cli::Global, flags: &InitFlags, out: Output) -> Result<phase
         &global.kubernetes_dir,
     )?;
     phases::check_skip(phases::INIT, &cfg.init.skip_phases)?;
+    let mut cfg = cfg;
+    cfg.init.dry_run |= flags.dry_run;
+    context_for(global, cfg, flags.templates.clone(), out)
+}
+
+/// The node laid out for a validated config, its patches checked, the writer opened.
+fn context_for(
+    global: &cli::Global,
+    cfg: config::Config,
+    templates: Option<std::path::PathBuf>,
+    out: Output,
+) -> Result<phases::Context> {
     let etcd_data_dir = cfg
         .cluster
         .etcd
@@ -298,10 +336,10 @@ fn context(global: &cli::Global, flags: &InitFlags, out: Output) -> Result<phase
             "kube-controller-manager",
             "kube-scheduler",
         ] {
-            render::render(&cfg, &layout, component, flags.templates.as_deref())?;
+            render::render(&cfg, &layout, component, templates.as_deref())?;
         }
     }
-    let dry_run = flags.dry_run || cfg.init.dry_run;
+    let dry_run = cfg.init.dry_run;
     let writer = host::HostWriter::open(&layout, dry_run).context("preparing the node")?;
     if let Some(dir) = writer.dry_run_dir() {
         out.step(
@@ -322,10 +360,11 @@ fn context(global: &cli::Global, flags: &InitFlags, out: Output) -> Result<phase
         writer,
         out,
         now,
-        templates: flags.templates.clone(),
+        templates,
         tokens: Vec::new(),
         certificate_key: None,
         api: None,
+        joining: None,
     })
 }
 

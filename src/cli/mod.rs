@@ -50,6 +50,8 @@ pub struct Global {
 pub enum Command {
     /// Set up a Kubernetes control-plane node.
     Init(Box<InitArgs>),
+    /// Join this node to a cluster (worker nodes; control-plane joins are not implemented yet).
+    Join(Box<JoinArgs>),
     /// Print or validate kubeadm configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -167,6 +169,75 @@ pub struct InitFlags {
     /// Manifest templates (`<component>.yaml.hbs`) that replace the built-in ones.
     #[arg(long, value_name = "DIR")]
     pub templates: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct JoinArgs {
+    #[command(subcommand)]
+    pub phase: Option<JoinSubcommand>,
+    #[command(flatten)]
+    pub flags: JoinFlags,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JoinSubcommand {
+    /// Run one phase of the join workflow.
+    #[command(after_help = crate::phases::help_table(crate::phases::JOIN))]
+    Phase {
+        /// The phase to run.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(crate::phases::JOIN.iter().map(|p| p.name)))]
+        name: String,
+        #[command(flatten)]
+        flags: JoinFlags,
+    },
+}
+
+/// kubeadm join's flags.
+#[derive(Debug, Args, Default, Clone)]
+pub struct JoinFlags {
+    /// The API server to discover the cluster from (`host:port`).
+    #[arg(value_name = "API_SERVER_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// The bootstrap token, for discovery and for the kubelet's TLS bootstrap.
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// `sha256:<hex>` of the cluster CA's public key; may be given several times.
+    #[arg(long, value_name = "HASH")]
+    pub discovery_token_ca_cert_hash: Vec<String>,
+    /// Trust the cluster's CA without a pin (unsafe: anyone on the path can impersonate it).
+    #[arg(long)]
+    pub discovery_token_unsafe_skip_ca_verification: bool,
+    /// A kubeconfig whose cluster (server and CA) is trusted as given.
+    #[arg(long, value_name = "FILE")]
+    pub discovery_file: Option<PathBuf>,
+    /// The node name (default: the hostname).
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// The container runtime's CRI socket.
+    #[arg(long, value_name = "SOCKET")]
+    pub cri_socket: Option<String>,
+    /// Join as a control-plane node.
+    #[arg(long)]
+    pub control_plane: bool,
+    /// The key that decrypts the uploaded control-plane certificates.
+    #[arg(long, value_name = "KEY")]
+    pub certificate_key: Option<String>,
+    /// The address this control-plane node's API server advertises.
+    #[arg(long, value_name = "IP")]
+    pub apiserver_advertise_address: Option<String>,
+    /// The port this control-plane node's API server binds to.
+    #[arg(long, value_name = "PORT")]
+    pub apiserver_bind_port: Option<u16>,
+    /// Phases to skip.
+    #[arg(long, value_delimiter = ',', value_name = "PHASES")]
+    pub skip_phases: Vec<String>,
+    /// Preflight checks whose errors become warnings (`all` for every one).
+    #[arg(long, value_delimiter = ',', value_name = "CHECKS")]
+    pub ignore_preflight_errors: Vec<String>,
+    /// Do not change the node: write everything into a temporary directory.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -32,7 +32,7 @@ impl Token {
                 secret: secret.into(),
             }),
             _ => bail!(
-                "the token does not have the form [a-z0-9]{{6}}.[a-z0-9]{{16}} (e.g. abcdef.0123456789abcdef)"
+                "the token does not have the form [a-z0-9]{{6}}.[a-z0-9]{{16}} (an ID and a secret of lowercase letters and digits)"
             ),
         }
     }

@@ -191,6 +191,20 @@ impl HostWriter {
         Ok(())
     }
 
+    /// Removes a file kubeforge wrote once it has served (it stays in the journal; `reset`
+    /// passes over what is gone). Nothing happens in a dry-run.
+    pub fn remove(&mut self, path: &Path) -> Result<()> {
+        if self.dry_run_root.is_some() {
+            return Ok(());
+        }
+        match fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", path.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn write(&mut self, path: &Path, contents: &[u8], mode: u32) -> Result<Outcome> {
         let existing = read_opt(path)?;
         if existing.as_deref() == Some(contents) {

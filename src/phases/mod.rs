@@ -4,6 +4,7 @@
 
 mod certs;
 mod cluster;
+mod join;
 mod kubeconfig;
 mod kubelet;
 mod manifests;
@@ -34,6 +35,8 @@ pub struct Context {
     pub certificate_key: Option<String>,
     /// The cluster phases' runtime and admin client, made by the first one that needs them.
     pub api: Option<(tokio::runtime::Runtime, kube::Client)>,
+    /// A join's discovered cluster and token (None for init).
+    pub joining: Option<crate::join::Joining>,
 }
 
 impl Context {
@@ -101,6 +104,9 @@ pub const INIT: &[Phase] = &[
     cluster::ADDON,
     cluster::SHOW_JOIN_COMMAND,
 ];
+
+/// A worker join (kubeadm's names).
+pub const JOIN: &[Phase] = &[preflight::PHASE, join::KUBELET_START];
 
 pub fn find(phases: &'static [Phase], name: &str) -> Option<&'static Phase> {
     phases.iter().find(|p| p.name == name)

@@ -56,7 +56,9 @@ fn checks(ctx: &Context) -> Vec<Finding> {
     let ours: Vec<PathBuf> = journal_entries(&ctx.layout).unwrap_or_default();
     let is_ours = |p: &Path| ours.iter().any(|o| o == p);
     let manifest = |c: &str| ctx.layout.manifests_dir.join(format!("{c}.yaml"));
-    let local_etcd = !ctx.cfg.cluster.is_external_etcd();
+    // A worker join runs no control plane: only the kubelet's checks apply.
+    let control_plane = ctx.joining.is_none();
+    let local_etcd = control_plane && !ctx.cfg.cluster.is_external_etcd();
 
     if std::thread::available_parallelism()
         .map(|n| n.get())
@@ -90,17 +92,47 @@ fn checks(ctx: &Context) -> Vec<Finding> {
             format!("the system RAM ({mem_mb} MB) is less than the minimum 1700 MB"),
         );
     }
-    let mut ports = vec![
-        (ctx.cfg.bind_port(), "kube-apiserver"),
-        (10259, "kube-scheduler"),
-        (10257, "kube-controller-manager"),
-    ];
-    for c in [
-        "kube-apiserver",
-        "kube-controller-manager",
-        "kube-scheduler",
-        "etcd",
-    ] {
+    let mut ports = Vec::new();
+    if control_plane {
+        ports.extend([
+            (ctx.cfg.bind_port(), "kube-apiserver"),
+            (10259, "kube-scheduler"),
+            (10257, "kube-controller-manager"),
+        ]);
+    } else {
+        // The kubelet writes kubelet.conf from the bootstrap kubeconfig a join wrote: a re-run
+        // of that join finds its own node.
+        let bootstrapped = is_ours(&ctx.layout.kubeconfig("bootstrap-kubelet.conf"));
+        for path in [
+            ctx.layout.kubeconfig("kubelet.conf"),
+            ctx.layout.pki_dir.join("ca.crt"),
+        ] {
+            if path.exists() && !is_ours(&path) && !bootstrapped {
+                add(
+                    &format!(
+                        "FileAvailable-{}",
+                        path.display().to_string().replace('/', "-")
+                    ),
+                    Severity::Error,
+                    format!(
+                        "{} already exists and kubeforge did not write it: this node belongs to a cluster already",
+                        path.display()
+                    ),
+                );
+            }
+        }
+    }
+    let manifests: &[&str] = if control_plane {
+        &[
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "etcd",
+        ]
+    } else {
+        &[]
+    };
+    for &c in manifests {
         let path = manifest(c);
         if path.exists() && !is_ours(&path) {
             add(

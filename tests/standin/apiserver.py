@@ -10,6 +10,8 @@ Usage: apiserver.py CONFIG.json — the config names the ports, the TLS files an
   pods: [{name, ready_after, reason, exit_code, restarts}]   mirror pods in kube-system
   nodes: [name]                         Nodes that exist
   sign: bool                            act as the bootstrapsigner on kube-public/cluster-info
+  objects: [object]                     stored before the first request (signed if sign)
+  tamper: bool                          change cluster-info's kubeconfig after signing it
   health: [{port, tls, cert, key}]      200 on any path (kcm, scheduler, kubelet)
   log: file                             one JSON line per request: method, path, user, groups
 
@@ -135,6 +137,18 @@ class Api(BaseHTTPRequestHandler):
         self.send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
                          "reason": reason, "message": message, "code": code})
 
+    def bearer_token_valid(self):
+        """SelfSubjectReview's authentication: a bootstrap token that exists and has not expired."""
+        auth = self.headers.get("Authorization", "")
+        if not auth.startswith("Bearer "):
+            return False
+        tid, _, secret = auth[7:].partition(".")
+        stored = STORE.get(("secrets", "kube-system", f"bootstrap-token-{tid}"))
+        if not stored or unb64(stored["data"].get("token-secret", "")) != secret:
+            return False
+        expiration = stored["data"].get("expiration")
+        return not expiration or unb64(expiration) > time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
     def body(self):
         n = int(self.headers.get("Content-Length", 0))
         return json.loads(self.rfile.read(n) or b"{}")
@@ -155,6 +169,10 @@ class Api(BaseHTTPRequestHandler):
             else:
                 self.status(500, "InternalError", "livez check failed")
             return
+        if url.path.endswith("/selfsubjectreviews"):
+            if not self.bearer_token_valid():
+                return self.status(401, "Unauthorized", "Unauthorized")
+            return self.send(201, {"kind": "SelfSubjectReview", "status": {"userInfo": {}}})
         m = PATH.match(url.path)
         if not m:
             return self.status(404, "NotFound", url.path)
@@ -301,6 +319,20 @@ def serve(handler, port, cert=None, key=None, ca=None, host="127.0.0.1"):
     threading.Thread(target=server.serve_forever, daemon=True).start()
 
 
+def preload():
+    for obj in CONFIG.get("objects", []):
+        meta = obj["metadata"]
+        resource = obj["kind"].lower() + "s"
+        meta.update(uid=str(uuid.uuid4()), resourceVersion=next_version())
+        STORE[(resource, meta.get("namespace", ""), meta["name"])] = obj
+    if CONFIG.get("sign"):
+        sign_cluster_info()
+    info = STORE.get(("configmaps", "kube-public", "cluster-info"))
+    if CONFIG.get("tamper") and info:
+        info["data"]["kubeconfig"] += "# changed after signing\n"
+
+
+preload()
 if "api" in CONFIG:
     a = CONFIG["api"]
     serve(Api, a["port"], a["cert"], a["key"], a["ca"], a.get("host", "127.0.0.1"))

@@ -1,0 +1,226 @@
+//! A worker join against the stand-in API server (tests/standin/apiserver.py), client logic
+//! only: discovery with the pin, the cluster's configuration downloaded with the token, the
+//! kubelet's files, the wait for its TLS bootstrap (played here by the test writing kubelet.conf)
+//! and the Node, the bootstrap kubeconfig removed afterwards, a re-run that changes nothing, and
+//! bad input refused before anything is written. The real kubelet's part is the lab's.
+
+mod common;
+use common::standin::{free_port, host_ip, StandIn};
+use common::*;
+
+use serde_json::json;
+use std::path::Path;
+use std::time::Duration;
+
+const TOKEN: &str = "abcdef.0123456789abcdef";
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// A "cluster": its PKI on `cluster`, its API played by the stand-in; the worker's certificate
+/// dir is `worker_pki` (the ClusterConfiguration's certificatesDir, as uploaded).
+fn cluster(cluster: &Node, worker_pki: &Path) -> (StandIn, String) {
+    let port = free_port();
+    let ip = host_ip();
+    let cfg = cluster.write_config("ECDSA-P256", "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("192.0.2.2", &ip)
+        .replace("bindPort: 6443", &format!("bindPort: {port}"));
+    std::fs::write(&cfg, text).unwrap();
+    for phase in ["certs", "kubeconfig"] {
+        cluster.run_ok(&["init", "phase", phase, "--config", cfg.to_str().unwrap()]);
+    }
+    let pki = cluster.pki();
+    let ca = std::fs::read_to_string(pki.join("ca.crt")).unwrap();
+    let endpoint = format!("{ip}:{port}");
+    let info = format!(
+        "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: https://{endpoint}\n  name: \"\"\ncontexts: null\ncurrent-context: \"\"\nkind: Config\nusers: null\n",
+        b64(&ca)
+    );
+    let cluster_configuration = format!(
+        "apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nkubernetesVersion: v1.35.6\ncontrolPlaneEndpoint: {endpoint}\ncertificatesDir: {}\n",
+        worker_pki.display()
+    );
+    let kubelet = "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nmaxPods: 77\nclusterDNS:\n- 10.96.0.10\n";
+    let file = |n: &str| pki.join(n).display().to_string();
+    let standin = StandIn::start(
+        cluster.root(),
+        json!({
+            "api": {"host": ip, "port": port, "cert": file("apiserver.crt"), "key": file("apiserver.key"), "ca": file("ca.crt")},
+            "nodes": ["w1"],
+            "sign": true,
+            "objects": [
+                {"apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
+                 "metadata": {"name": "bootstrap-token-abcdef", "namespace": "kube-system"},
+                 "data": {"token-id": b64("abcdef"), "token-secret": b64("0123456789abcdef"),
+                          "usage-bootstrap-signing": b64("true"), "usage-bootstrap-authentication": b64("true")}},
+                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cluster-info", "namespace": "kube-public"},
+                 "data": {"kubeconfig": info}},
+                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kubeadm-config", "namespace": "kube-system"},
+                 "data": {"ClusterConfiguration": cluster_configuration}},
+                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kubelet-config", "namespace": "kube-system"},
+                 "data": {"kubelet": kubelet}},
+            ],
+        }),
+    );
+    (standin, endpoint)
+}
+
+fn pin(cluster: &Node) -> String {
+    let out = run_tool(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "openssl x509 -pubkey -noout -in {} | openssl pkey -pubin -outform der | sha256sum",
+                cluster.pki().join("ca.crt").display()
+            ),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    format!("sha256:{}", text.split_whitespace().next().unwrap())
+}
+
+/// Plays the kubelet's TLS bootstrap: once bootstrap-kubelet.conf appears, writes kubelet.conf
+/// (the cluster's admin credentials stand in for the kubelet's certificate).
+fn kubelet_bootstraps(worker: &Node, cluster: &Node) -> std::thread::JoinHandle<()> {
+    let dir = worker.kubernetes_dir();
+    let admin = std::fs::read(cluster.kubernetes_dir().join("admin.conf")).unwrap();
+    std::thread::spawn(move || {
+        for _ in 0..200 {
+            if dir.join("bootstrap-kubelet.conf").exists() {
+                std::thread::sleep(Duration::from_millis(300));
+                std::fs::write(dir.join("kubelet.conf"), &admin).unwrap();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+}
+
+#[test]
+fn a_worker_joins_and_a_rerun_changes_nothing() {
+    let cluster_node = Node::new();
+    let worker = Node::new();
+    let (_standin, endpoint) = cluster(&cluster_node, &worker.pki());
+    let pin = pin(&cluster_node);
+    let args = [
+        "join",
+        &endpoint,
+        "--token",
+        TOKEN,
+        "--discovery-token-ca-cert-hash",
+        &pin,
+        "--node-name",
+        "w1",
+        "--skip-phases",
+        "preflight",
+    ];
+    let kubelet = kubelet_bootstraps(&worker, &cluster_node);
+    let out = worker.run_ok(&args);
+    kubelet.join().unwrap();
+    assert!(out.contains("The node w1 is registered"), "{out}");
+    assert!(out.contains("This node has joined the cluster"), "{out}");
+    assert!(
+        !out.contains("0123456789abcdef"),
+        "the token was printed:\n{out}"
+    );
+    assert_eq!(
+        std::fs::read(worker.pki().join("ca.crt")).unwrap(),
+        std::fs::read(cluster_node.pki().join("ca.crt")).unwrap()
+    );
+    let kubelet_dir = worker.root().join("var/lib/kubelet");
+    let config = std::fs::read_to_string(kubelet_dir.join("config.yaml")).unwrap();
+    assert!(config.contains("maxPods: 77"), "{config}");
+    assert!(kubelet_dir.join("kubeadm-flags.env").exists());
+    assert!(
+        !worker
+            .kubernetes_dir()
+            .join("bootstrap-kubelet.conf")
+            .exists(),
+        "the bootstrap token is left on disk"
+    );
+
+    let before = worker.snapshot();
+    let again = worker.run_ok(&args);
+    assert!(again.contains("has bootstrapped already"), "{again}");
+    assert_eq!(worker.snapshot(), before, "a re-run changed files");
+}
+
+#[test]
+fn bad_input_and_an_untrusted_cluster_write_nothing() {
+    let cluster_node = Node::new();
+    let worker = Node::new();
+    let (_standin, endpoint) = cluster(&cluster_node, &worker.pki());
+    let wrong = format!("sha256:{}", "ab".repeat(32));
+    for (args, code, expected) in [
+        (
+            vec!["join", &endpoint, "--token", TOKEN],
+            2,
+            "--discovery-token-ca-cert-hash",
+        ),
+        (
+            vec![
+                "join",
+                &endpoint,
+                "--token",
+                TOKEN,
+                "--discovery-token-unsafe-skip-ca-verification",
+                "--control-plane",
+            ],
+            2,
+            "not implemented",
+        ),
+        (
+            vec![
+                "join",
+                &endpoint,
+                "--token",
+                "nope",
+                "--discovery-token-ca-cert-hash",
+                &wrong,
+            ],
+            2,
+            "--token",
+        ),
+        (
+            vec![
+                "join",
+                &endpoint,
+                "--token",
+                TOKEN,
+                "--discovery-token-ca-cert-hash",
+                &wrong,
+                "--skip-phases",
+                "preflight",
+            ],
+            1,
+            "none of the --discovery-token-ca-cert-hash values",
+        ),
+        (
+            vec![
+                "join",
+                &endpoint,
+                "--token",
+                "abcdef.0000000000000000",
+                "--discovery-token-ca-cert-hash",
+                &wrong,
+                "--skip-phases",
+                "preflight",
+            ],
+            1,
+            "does not verify with the token",
+        ),
+    ] {
+        let before = worker.snapshot();
+        let out = worker.run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("0123456789abcdef"), "{stderr}");
+        assert_eq!(worker.snapshot(), before, "{args:?} wrote files");
+    }
+}
