@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The end-to-end suite on a real node: a kubelet (KUBELET_BIN or PATH), containerd running
+# The end-to-end suite on a real node: a kubelet (KUBELET_BIN or PATH), kubeadm of the same
+# version (KUBEADM_BIN or PATH; the suite checks that it reads what kubeforge uploads), containerd running
 # (CONTAINERD_SOCK), runc, crictl, kubectl and the control-plane images present or pullable.
 # Run as root on a node that holds no cluster; every scenario leaves the node clean again.
 #

@@ -18,6 +18,8 @@ pub const NODE: &str = "kf-e2e";
 /// What the suite needs from the host, each found or a failure that says what is missing.
 pub struct Host {
     pub kubelet: PathBuf,
+    /// Real kubeadm, to show that what kubeforge uploads is what kubeadm reads.
+    pub kubeadm: PathBuf,
     pub kubectl: String,
     pub crictl: PathBuf,
     pub cri_socket: String,
@@ -49,6 +51,12 @@ impl Host {
             .or_else(|| which("kubelet"));
         if kubelet.is_none() {
             missing.push("a kubelet (set KUBELET_BIN or put it on PATH)".to_string());
+        }
+        let kubeadm = env("KUBEADM_BIN")
+            .map(PathBuf::from)
+            .or_else(|| which("kubeadm"));
+        if kubeadm.is_none() {
+            missing.push("kubeadm of the same version (set KUBEADM_BIN or put it on PATH)".into());
         }
         let crictl = env("CRICTL_BIN")
             .map(PathBuf::from)
@@ -108,6 +116,7 @@ impl Host {
         Host {
             kubelet,
             kubectl: common::kubectl(),
+            kubeadm: kubeadm.unwrap(),
             crictl: crictl.unwrap(),
             cri_socket: format!("unix://{sock}"),
             version,

@@ -91,13 +91,32 @@ fn mirror_pods(s: &Scenario) -> BTreeMap<String, (String, String, i64, bool)> {
 }
 
 fn assert_control_plane_ready(s: &Scenario) {
-    let pods = mirror_pods(s);
+    // Without a pod network the Node is NotReady, and the controller-manager's node-lifecycle
+    // controller marks every pod on it not Ready once it first sees the node — which can be a
+    // moment after init returned; the kubelet sets Ready again at its next status sync (≤ 10 s).
+    // kubeadm clusters do the same until a CNI is installed.
+    let start = Instant::now();
+    let mut pods = mirror_pods(s);
+    while COMPONENTS
+        .iter()
+        .any(|c| !pods.get(&format!("{c}-{NODE}")).is_some_and(|p| p.3))
+        && start.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(500));
+        pods = mirror_pods(s);
+    }
     for c in COMPONENTS {
         let name = format!("{c}-{NODE}");
         let pod = pods
             .get(&name)
             .unwrap_or_else(|| panic!("no mirror pod {name}: {pods:?}"));
-        assert!(pod.3, "{name} is not Running and Ready: {pod:?}");
+        if !pod.3 {
+            let status = kubectl_json(&s.host, &["get", "pod", "-n", "kube-system", &name]);
+            panic!(
+                "{name} is not Running and Ready: {pod:?}\n{}",
+                serde_json::to_string_pretty(&status["status"]).unwrap()
+            );
+        }
     }
     let nodes = kubectl_json(&s.host, &["get", "nodes"]);
     let names: Vec<&str> = nodes["items"]
@@ -292,12 +311,88 @@ fn init_brings_up_the_control_plane_and_a_rerun_changes_nothing() {
     let after = mirror_pods(&s);
     for c in COMPONENTS {
         let name = format!("{c}-{NODE}");
+        let facts =
+            |p: Option<&(String, String, i64, bool)>| p.map(|p| (p.0.clone(), p.1.clone(), p.2));
         assert_eq!(
-            after.get(&name),
-            pods.get(&name),
+            facts(after.get(&name)),
+            facts(pods.get(&name)),
             "{name} changed (config hash, container, restarts) on a re-run"
         );
     }
+
+    // The token commands on the real API server: a fresh control-plane join line in one go
+    // (new token, certificates uploaded again under a new key, cluster-info signed for the token
+    // by the real bootstrapsigner before the line is printed), listed, then deleted.
+    let created = kubeforge(
+        &["token", "create", "--print-join-command", "--upload-certs"],
+        &[],
+    );
+    assert!(created.success, "{}", created.text());
+    let line = created.text();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words[..2], ["kubeforge", "join"], "{line}");
+    assert!(line.contains(&openssl_ca_pin()), "{line}");
+    assert!(
+        line.contains(" --control-plane --certificate-key "),
+        "{line}"
+    );
+    let token = words[words.iter().position(|w| *w == "--token").unwrap() + 1];
+    let info = kubectl_json(
+        &s.host,
+        &["get", "configmap", "-n", "kube-public", "cluster-info"],
+    );
+    assert!(info["data"][format!("jws-kubeconfig-{}", &token[..6])].is_string());
+    // Real kubeadm joining this cluster as a control plane: its discovery trusts the cluster-info
+    // kubeforge published (signature and CA pin), and its download-certs decrypts kubeadm-certs
+    // with the printed key into exactly the files kubeforge has.
+    let key = words.last().unwrap();
+    let hash = words[words
+        .iter()
+        .position(|w| *w == "--discovery-token-ca-cert-hash")
+        .unwrap()
+        + 1];
+    let pki = Path::new(KUBERNETES_DIR).join("pki");
+    let shared = [
+        "ca.crt",
+        "ca.key",
+        "sa.key",
+        "sa.pub",
+        "front-proxy-ca.key",
+        "etcd/ca.key",
+    ];
+    let before: Vec<Vec<u8>> = shared
+        .iter()
+        .map(|f| std::fs::read(pki.join(f)).unwrap())
+        .collect();
+    harness::run(std::process::Command::new(&s.host.kubeadm).args([
+        "join",
+        "phase",
+        "control-plane-prepare",
+        "download-certs",
+        words[2],
+        "--token",
+        token,
+        "--discovery-token-ca-cert-hash",
+        hash,
+        "--control-plane",
+        "--certificate-key",
+        key,
+    ]));
+    for (f, old) in shared.iter().zip(before) {
+        assert_eq!(
+            std::fs::read(pki.join(f)).unwrap(),
+            old,
+            "kubeadm decrypted another {f}"
+        );
+    }
+    let listed = kubeforge(&["token", "list"], &[]);
+    assert!(listed.text().contains(token), "{}", listed.text());
+    let deleted = kubeforge(&["token", "delete", &token[..6]], &[]);
+    assert!(deleted.success, "{}", deleted.text());
+    println!(
+        "FIGURES: token create --print-join-command --upload-certs took {:.2} s",
+        created.seconds
+    );
 }
 
 #[test]
