@@ -156,6 +156,7 @@ fn bad_input_and_an_untrusted_cluster_write_nothing() {
     let worker = Node::new();
     let (_standin, endpoint) = cluster(&cluster_node, &worker.pki());
     let wrong = format!("sha256:{}", "ab".repeat(32));
+    let key = "ab".repeat(32);
     for (args, code, expected) in [
         (
             vec!["join", &endpoint, "--token", TOKEN],
@@ -169,10 +170,11 @@ fn bad_input_and_an_untrusted_cluster_write_nothing() {
                 "--token",
                 TOKEN,
                 "--discovery-token-unsafe-skip-ca-verification",
-                "--control-plane",
+                "--certificate-key",
+                &key,
             ],
             2,
-            "not implemented",
+            "--control-plane",
         ),
         (
             vec![
@@ -223,4 +225,102 @@ fn bad_input_and_an_untrusted_cluster_write_nothing() {
         assert!(!stderr.contains("0123456789abcdef"), "{stderr}");
         assert_eq!(worker.snapshot(), before, "{args:?} wrote files");
     }
+}
+
+#[test]
+fn a_control_plane_join_downloads_the_shared_keys_and_a_wrong_key_writes_nothing() {
+    let cluster_node = Node::new();
+    let joiner = Node::new();
+    let (_standin, endpoint) = cluster(&cluster_node, &joiner.pki());
+    let cfg = cluster_node.config_path();
+    let out = cluster_node.run_ok(&[
+        "init",
+        "phase",
+        "upload-certs",
+        "--upload-certs",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let key = out
+        .lines()
+        .skip_while(|l| !l.contains("Using certificate key:"))
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let pin = pin(&cluster_node);
+    let ip = host_ip();
+    let join = |key: &str| {
+        vec![
+            "join".to_string(),
+            "phase".into(),
+            "control-plane-prepare".into(),
+            endpoint.clone(),
+            "--token".into(),
+            TOKEN.into(),
+            "--discovery-token-ca-cert-hash".into(),
+            pin.clone(),
+            "--control-plane".into(),
+            "--certificate-key".into(),
+            key.into(),
+            "--apiserver-advertise-address".into(),
+            ip.clone(),
+            "--node-name".into(),
+            "cp2".into(),
+        ]
+    };
+
+    let before = joiner.snapshot();
+    let wrong = join(&"00".repeat(32));
+    let out = joiner.run(&wrong.iter().map(String::as_str).collect::<Vec<_>>());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("wrong or expired key"), "{stderr}");
+    assert_eq!(joiner.snapshot(), before, "a wrong key wrote files");
+
+    let right = join(&key);
+    let out = joiner.run_ok(&right.iter().map(String::as_str).collect::<Vec<_>>());
+    for shared in [
+        "ca.crt",
+        "ca.key",
+        "sa.key",
+        "sa.pub",
+        "front-proxy-ca.crt",
+        "front-proxy-ca.key",
+        "etcd/ca.crt",
+        "etcd/ca.key",
+    ] {
+        assert_eq!(
+            std::fs::read(joiner.pki().join(shared)).unwrap(),
+            std::fs::read(cluster_node.pki().join(shared)).unwrap(),
+            "{shared} differs from the first node's\n{out}"
+        );
+    }
+    // Its own serving certificate, signed by the shared CA.
+    let own = joiner.pki().join("apiserver.crt");
+    assert_ne!(
+        std::fs::read(&own).unwrap(),
+        std::fs::read(cluster_node.pki().join("apiserver.crt")).unwrap()
+    );
+    tool_ok(
+        "openssl",
+        &[
+            "verify",
+            "-CAfile",
+            joiner.pki().join("ca.crt").to_str().unwrap(),
+            own.to_str().unwrap(),
+        ],
+    );
+    let dir = joiner.kubernetes_dir();
+    for file in [
+        "admin.conf",
+        "controller-manager.conf",
+        "scheduler.conf",
+        "manifests/kube-apiserver.yaml",
+    ] {
+        assert!(dir.join(file).exists(), "{file} missing\n{out}");
+    }
+    assert!(
+        !dir.join("super-admin.conf").exists(),
+        "super-admin.conf stays on the first node"
+    );
 }

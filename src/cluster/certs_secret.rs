@@ -150,7 +150,6 @@ pub fn encrypt(key: &[u8; 32], plaintext: &[u8]) -> Vec<u8> {
     out
 }
 
-#[allow(dead_code)] // join's download-certs decrypts; the tests do now
 pub fn decrypt(key: &[u8; 32], data: &[u8]) -> Result<Vec<u8>> {
     if data.len() < NONCE_LEN {
         bail!("an encrypted kubeadm-certs value is too short");

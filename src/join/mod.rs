@@ -26,6 +26,12 @@ pub const TLS_BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct Joining {
     pub cluster: ClusterInfo,
     pub token: Token,
+    /// A control-plane join; with the key that decrypts `kubeadm-certs` when given.
+    pub control_plane: Option<ControlPlaneJoin>,
+}
+
+pub struct ControlPlaneJoin {
+    pub certificate_key: Option<String>,
 }
 
 impl Joining {
@@ -48,9 +54,18 @@ impl Joining {
 /// The flags checked (bad input before anything else), the cluster discovered and its
 /// configuration downloaded.
 pub fn prepare(flags: &JoinFlags, kubernetes_dir: &Path) -> Result<(Config, Joining)> {
-    if flags.control_plane {
+    let certificate_key = flags
+        .certificate_key
+        .as_deref()
+        .map(|k| {
+            crate::cluster::certs_secret::parse_key(k)
+                .map(|_| k.to_string())
+                .map_err(|e| BadInput(format!("--certificate-key: {e}")))
+        })
+        .transpose()?;
+    if certificate_key.is_some() && !flags.control_plane {
         bail!(BadInput(
-            "--control-plane: control-plane joins are not implemented yet; this kubeforge joins workers".into()
+            "--certificate-key is for control-plane joins (--control-plane)".into()
         ));
     }
     let token = flags.token.as_deref().ok_or_else(|| {
@@ -86,7 +101,13 @@ pub fn prepare(flags: &JoinFlags, kubernetes_dir: &Path) -> Result<(Config, Join
         )),
     };
     tracing::info!("discovered the cluster at {}", cluster.server);
-    let joining = Joining { cluster, token };
+    let joining = Joining {
+        cluster,
+        token,
+        control_plane: flags
+            .control_plane
+            .then_some(ControlPlaneJoin { certificate_key }),
+    };
     let (cluster_configuration, kubelet) = runtime.block_on(download(&joining))?;
 
     let node = match &flags.node_name {
@@ -100,6 +121,19 @@ pub fn prepare(flags: &JoinFlags, kubernetes_dir: &Path) -> Result<(Config, Join
         "apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\nnodeRegistration:\n  name: {}\n",
         serde_json::Value::String(node)
     );
+    if flags.control_plane {
+        text.push_str("localAPIEndpoint:\n");
+        if let Some(address) = &flags.apiserver_advertise_address {
+            text.push_str(&format!(
+                "  advertiseAddress: {}\n",
+                serde_json::Value::String(address.clone())
+            ));
+        }
+        text.push_str(&format!(
+            "  bindPort: {}\n",
+            flags.apiserver_bind_port.unwrap_or(6443)
+        ));
+    }
     if let Some(socket) = &flags.cri_socket {
         text.push_str(&format!(
             "  criSocket: {}\n",
@@ -116,6 +150,9 @@ pub fn prepare(flags: &JoinFlags, kubernetes_dir: &Path) -> Result<(Config, Join
         &Default::default(),
         kubernetes_dir,
     )?;
+    if flags.control_plane && cfg.cluster.control_plane_endpoint.is_empty() {
+        bail!("the cluster has no controlPlaneEndpoint: a second control-plane node needs a stable endpoint for every node to reach the API servers through (set it in the ClusterConfiguration, see kubeadm's docs on high availability)");
+    }
     cfg.init.skip_phases = flags.skip_phases.clone();
     cfg.init.node_registration.ignore_preflight_errors = flags.ignore_preflight_errors.clone();
     cfg.init.dry_run = flags.dry_run;
@@ -150,4 +187,29 @@ pub fn token_client(joining: &Joining) -> Result<kube::Client> {
     config.auth_info.token = Some(joining.token.to_string().into());
     config.connect_timeout = Some(Duration::from_secs(5));
     Ok(kube::Client::try_from(config)?)
+}
+
+/// `kube-system/kubeadm-certs`, read with the bootstrap token and decrypted with `key`: every
+/// value is decrypted before any is returned, so a wrong key writes nothing.
+pub async fn download_certs(joining: &Joining, key: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    use k8s_openapi::api::core::v1::Secret;
+    let key = crate::cluster::certs_secret::parse_key(key)?;
+    let secrets: Api<Secret> = Api::namespaced(token_client(joining)?, "kube-system");
+    let secret = match secrets.get_opt("kubeadm-certs").await? {
+        Some(s) => s,
+        None => bail!("kube-system/kubeadm-certs does not exist: the uploaded certificates have expired (they live 2 hours) or were never uploaded; on a control-plane node run `kubeforge token create --print-join-command --upload-certs` for a fresh line"),
+    };
+    secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, value)| {
+            if value.0.is_empty() {
+                return Ok((name, Vec::new()));
+            }
+            crate::cluster::certs_secret::decrypt(&key, &value.0)
+                .map(|plain| (name.clone(), plain))
+                .with_context(|| format!("kube-system/kubeadm-certs, {name}"))
+        })
+        .collect()
 }

@@ -1,7 +1,8 @@
-//! The phases of a worker join, with kubeadm's names: `preflight` (the checks that apply to a
-//! node without a control plane), then `kubelet-start`: the cluster CA and the bootstrap
-//! kubeconfig, the kubelet's files from the cluster's uploaded configuration, the kubelet
-//! started, and its TLS bootstrap followed until the Node is registered.
+//! The phases of a join, with kubeadm's names: `preflight`, `control-plane-prepare` (a
+//! control-plane join: the shared certificates downloaded and decrypted, this node's own
+//! certificates, kubeconfigs and manifests), then `kubelet-start`: the cluster CA and the
+//! bootstrap kubeconfig, the kubelet's files from the cluster's uploaded configuration, the
+//! kubelet started, and its TLS bootstrap followed until the Node is registered.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,93 @@ pub const KUBELET_START: Phase = Phase {
     subphases: Vec::new,
     run,
 };
+
+pub const CONTROL_PLANE_PREPARE: Phase = Phase {
+    name: "control-plane-prepare",
+    description: "Prepare the machine for serving a control plane",
+    subphases: || {
+        [
+            ("download-certs", "Download certificates shared among control-plane nodes from the kubeadm-certs Secret"),
+            ("certs", "Generate the certificates for the new control plane components"),
+            ("kubeconfig", "Generate the kubeconfig for the new control plane components"),
+            ("control-plane", "Generate the manifests for the new control plane components"),
+        ]
+        .iter()
+        .map(|(n, d)| (n.to_string(), d.to_string()))
+        .collect()
+    },
+    run: run_control_plane_prepare,
+};
+
+fn run_control_plane_prepare(ctx: &mut Context, sel: &Selection) -> Result<()> {
+    let Some(joining) = ctx.joining.as_ref() else {
+        bail!("control-plane-prepare needs the discovered cluster");
+    };
+    let Some(control_plane) = joining.control_plane.as_ref() else {
+        ctx.out.step(
+            "control-plane-prepare",
+            "Skipping: not a control-plane join",
+            json!({ "skipped": true }),
+        );
+        return Ok(());
+    };
+    if sel.wants("download-certs") {
+        match control_plane.certificate_key.clone() {
+            None => ctx.out.step(
+                "download-certs",
+                "No --certificate-key: using the shared certificates already on this node",
+                json!({ "downloaded": false }),
+            ),
+            Some(key) => {
+                ctx.out.step(
+                    "download-certs",
+                    "Downloading the certificates in Secret \"kubeadm-certs\" in the \"kube-system\" Namespace",
+                    json!({ "secret": "kube-system/kubeadm-certs" }),
+                );
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let downloaded = runtime.block_on(crate::join::download_certs(joining, &key))?;
+                let files = crate::cluster::certs_secret::files(
+                    &ctx.layout.pki_dir,
+                    ctx.cfg.cluster.etcd.external.as_ref(),
+                );
+                for (name, path) in files {
+                    let Some((_, content)) = downloaded.iter().find(|(n, _)| *n == name) else {
+                        continue;
+                    };
+                    if content.is_empty() {
+                        continue;
+                    }
+                    if let Some(parent) = path.parent() {
+                        ctx.writer.ensure_dir(parent, 0o755)?;
+                    }
+                    let mode = if name.ends_with(".key") { 0o600 } else { 0o644 };
+                    ctx.write("download-certs", &path, content, mode)?;
+                }
+            }
+        }
+    }
+    let sub = |phase: &'static str, only: &'static str| super::Selection {
+        phase,
+        only: Some(only),
+        skip: sel.skip,
+    };
+    if sel.wants("certs") {
+        (super::certs::PHASE.run)(ctx, &sub("certs", "all"))?;
+    }
+    if sel.wants("kubeconfig") {
+        // kubeadm: a joining control plane gets admin.conf and its components' kubeconfigs;
+        // kubelet.conf comes from the TLS bootstrap, super-admin.conf stays on the first node.
+        for name in ["admin", "controller-manager", "scheduler"] {
+            (super::kubeconfig::PHASE.run)(ctx, &sub("kubeconfig", name))?;
+        }
+    }
+    if sel.wants("control-plane") {
+        (super::manifests::CONTROL_PLANE.run)(ctx, &sub("control-plane", "all"))?;
+    }
+    Ok(())
+}
 
 fn run(ctx: &mut Context, sel: &Selection) -> Result<()> {
     let Some(joining) = ctx.joining.as_ref() else {

@@ -105,8 +105,12 @@ pub const INIT: &[Phase] = &[
     cluster::SHOW_JOIN_COMMAND,
 ];
 
-/// A worker join (kubeadm's names).
-pub const JOIN: &[Phase] = &[preflight::PHASE, join::KUBELET_START];
+/// A join (kubeadm's names); the control-plane phases skip themselves for a worker.
+pub const JOIN: &[Phase] = &[
+    preflight::PHASE,
+    join::CONTROL_PLANE_PREPARE,
+    join::KUBELET_START,
+];
 
 pub fn find(phases: &'static [Phase], name: &str) -> Option<&'static Phase> {
     phases.iter().find(|p| p.name == name)

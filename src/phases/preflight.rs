@@ -57,7 +57,10 @@ fn checks(ctx: &Context) -> Vec<Finding> {
     let is_ours = |p: &Path| ours.iter().any(|o| o == p);
     let manifest = |c: &str| ctx.layout.manifests_dir.join(format!("{c}.yaml"));
     // A worker join runs no control plane: only the kubelet's checks apply.
-    let control_plane = ctx.joining.is_none();
+    let control_plane = ctx
+        .joining
+        .as_ref()
+        .is_none_or(|j| j.control_plane.is_some());
     let local_etcd = control_plane && !ctx.cfg.cluster.is_external_etcd();
 
     if std::thread::available_parallelism()
