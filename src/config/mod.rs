@@ -38,6 +38,9 @@ pub struct Config {
     pub kube_proxy: Option<serde_yaml::Value>,
     /// `--upload-certs`.
     pub upload_certs: bool,
+    /// A control-plane join's `--initial-cluster` (every member, this node a learner); its etcd
+    /// then starts with `--initial-cluster-state=existing`.
+    pub etcd_initial_cluster: Option<String>,
 }
 
 /// `kubeforge init`'s flags (kubeadm's names); None/empty means not given.
@@ -284,6 +287,7 @@ pub fn load_str(
         kubelet,
         kube_proxy,
         upload_certs: overrides.upload_certs,
+        etcd_initial_cluster: None,
     })
 }
 

@@ -3,6 +3,7 @@
 //! kubelet files are the ones its cluster's control plane uploaded.
 
 pub mod discovery;
+pub mod etcd;
 
 use std::path::Path;
 use std::time::Duration;
@@ -51,9 +52,150 @@ impl Joining {
     }
 }
 
+/// kubeadm's v1beta4 JoinConfiguration: discovery and the control-plane fields are kubeforge's
+/// to read; nodeRegistration, timeouts and patches go on to the node's configuration as they
+/// are (checked there like an InitConfiguration's).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct JoinConfiguration {
+    api_version: String,
+    kind: String,
+    /// Accepted for kubeadm's files; the CA goes to certificatesDir/ca.crt as with kubeadm's default.
+    #[serde(default)]
+    #[allow(dead_code)]
+    ca_cert_path: String,
+    #[serde(default)]
+    discovery: DiscoveryConfig,
+    #[serde(default)]
+    node_registration: Option<serde_yaml::Value>,
+    #[serde(default)]
+    control_plane: Option<JoinControlPlane>,
+    #[serde(default)]
+    skip_phases: Vec<String>,
+    #[serde(default)]
+    patches: Option<serde_yaml::Value>,
+    #[serde(default)]
+    timeouts: Option<serde_yaml::Value>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DiscoveryConfig {
+    #[serde(default)]
+    bootstrap_token: Option<BootstrapTokenDiscovery>,
+    #[serde(default)]
+    file: Option<FileDiscovery>,
+    #[serde(default)]
+    tls_bootstrap_token: String,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct BootstrapTokenDiscovery {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    api_server_endpoint: String,
+    #[serde(default)]
+    ca_cert_hashes: Vec<String>,
+    #[serde(default)]
+    unsafe_skip_ca_verification: bool,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileDiscovery {
+    kube_config_path: String,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct JoinControlPlane {
+    #[serde(default, rename = "localAPIEndpoint")]
+    local_api_endpoint: crate::config::ApiEndpoint,
+    #[serde(default)]
+    certificate_key: String,
+}
+
+/// The JoinConfiguration in `path`, its values filled into `flags` (kubeadm refuses flags that
+/// duplicate the file; so does kubeforge).
+fn read_config(path: &Path, flags: &mut JoinFlags) -> Result<JoinConfiguration> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| BadInput(format!("{file}: {e}")))?;
+    let cfg: JoinConfiguration = serde_yaml::from_str(&text).map_err(|e| {
+        let at = e
+            .location()
+            .map_or(String::new(), |l| format!(":{}:{}", l.line(), l.column()));
+        BadInput(format!("{file}{at}: {e}"))
+    })?;
+    if cfg.kind != "JoinConfiguration" || cfg.api_version != "kubeadm.k8s.io/v1beta4" {
+        bail!(BadInput(format!(
+            "{file}: expected kind JoinConfiguration, apiVersion kubeadm.k8s.io/v1beta4 (got {} {})",
+            cfg.kind, cfg.api_version
+        )));
+    }
+    let mixed: Vec<&str> = [
+        ("token", flags.token.is_some()),
+        (
+            "discovery-token-ca-cert-hash",
+            !flags.discovery_token_ca_cert_hash.is_empty(),
+        ),
+        ("discovery-file", flags.discovery_file.is_some()),
+        ("certificate-key", flags.certificate_key.is_some()),
+        (
+            "apiserver-advertise-address",
+            flags.apiserver_advertise_address.is_some(),
+        ),
+        ("apiserver-bind-port", flags.apiserver_bind_port.is_some()),
+        ("node-name", flags.node_name.is_some()),
+        ("cri-socket", flags.cri_socket.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(f, set)| set.then_some(f))
+    .collect();
+    if !mixed.is_empty() || flags.endpoint.is_some() {
+        bail!(BadInput(format!(
+            "{file}: can not mix --config with the endpoint argument or --{}",
+            mixed.join(", --")
+        )));
+    }
+    if let Some(b) = &cfg.discovery.bootstrap_token {
+        flags.endpoint = (!b.api_server_endpoint.is_empty()).then(|| b.api_server_endpoint.clone());
+        flags.token = (!b.token.is_empty()).then(|| b.token.clone());
+        flags.discovery_token_ca_cert_hash = b.ca_cert_hashes.clone();
+        flags.discovery_token_unsafe_skip_ca_verification = b.unsafe_skip_ca_verification;
+    }
+    if let Some(f) = &cfg.discovery.file {
+        flags.discovery_file = Some(f.kube_config_path.clone().into());
+    }
+    if !cfg.discovery.tls_bootstrap_token.is_empty() {
+        flags.token = Some(cfg.discovery.tls_bootstrap_token.clone());
+    }
+    if let Some(cp) = &cfg.control_plane {
+        flags.control_plane = true;
+        flags.certificate_key =
+            (!cp.certificate_key.is_empty()).then(|| cp.certificate_key.clone());
+        let a = &cp.local_api_endpoint;
+        flags.apiserver_advertise_address =
+            (!a.advertise_address.is_empty()).then(|| a.advertise_address.clone());
+        flags.apiserver_bind_port = (a.bind_port != 0).then_some(a.bind_port as u16);
+    }
+    flags.skip_phases.extend(cfg.skip_phases.iter().cloned());
+    flags.dry_run |= cfg.dry_run;
+    Ok(cfg)
+}
+
 /// The flags checked (bad input before anything else), the cluster discovered and its
 /// configuration downloaded.
-pub fn prepare(flags: &JoinFlags, kubernetes_dir: &Path) -> Result<(Config, Joining)> {
+pub fn prepare(given: &JoinFlags, kubernetes_dir: &Path) -> Result<(Config, Joining)> {
+    let mut flags = given.clone();
+    let join_config = match &given.config {
+        Some(path) => Some(read_config(path, &mut flags)?),
+        None => None,
+    };
+    let flags = &flags;
     let certificate_key = flags
         .certificate_key
         .as_deref()
@@ -110,36 +252,56 @@ pub fn prepare(flags: &JoinFlags, kubernetes_dir: &Path) -> Result<(Config, Join
     };
     let (cluster_configuration, kubelet) = runtime.block_on(download(&joining))?;
 
-    let node = match &flags.node_name {
-        Some(n) => n.clone(),
-        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+    use serde_yaml::{Mapping, Value as Yaml};
+    let mut registration = match join_config
+        .as_ref()
+        .and_then(|c| c.node_registration.clone())
+    {
+        Some(Yaml::Mapping(m)) => m,
+        _ => Mapping::new(),
+    };
+    let hostname = || {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
             .unwrap_or_default()
             .trim()
-            .to_lowercase(),
+            .to_lowercase()
     };
-    let mut text = format!(
-        "apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\nnodeRegistration:\n  name: {}\n",
-        serde_json::Value::String(node)
-    );
-    if flags.control_plane {
-        text.push_str("localAPIEndpoint:\n");
-        if let Some(address) = &flags.apiserver_advertise_address {
-            text.push_str(&format!(
-                "  advertiseAddress: {}\n",
-                serde_json::Value::String(address.clone())
-            ));
+    match &flags.node_name {
+        Some(n) => {
+            registration.insert("name".into(), n.clone().into());
         }
-        text.push_str(&format!(
-            "  bindPort: {}\n",
-            flags.apiserver_bind_port.unwrap_or(6443)
-        ));
+        None if !registration.contains_key("name") => {
+            registration.insert("name".into(), hostname().into());
+        }
+        None => {}
     }
     if let Some(socket) = &flags.cri_socket {
-        text.push_str(&format!(
-            "  criSocket: {}\n",
-            serde_json::Value::String(socket.clone())
-        ));
+        registration.insert("criSocket".into(), socket.clone().into());
     }
+    let mut init = Mapping::new();
+    init.insert("apiVersion".into(), "kubeadm.k8s.io/v1beta4".into());
+    init.insert("kind".into(), "InitConfiguration".into());
+    init.insert("nodeRegistration".into(), Yaml::Mapping(registration));
+    if flags.control_plane {
+        let mut endpoint = Mapping::new();
+        if let Some(address) = &flags.apiserver_advertise_address {
+            endpoint.insert("advertiseAddress".into(), address.clone().into());
+        }
+        endpoint.insert(
+            "bindPort".into(),
+            u64::from(flags.apiserver_bind_port.unwrap_or(6443)).into(),
+        );
+        init.insert("localAPIEndpoint".into(), Yaml::Mapping(endpoint));
+    }
+    if let Some(c) = &join_config {
+        if let Some(t) = &c.timeouts {
+            init.insert("timeouts".into(), t.clone());
+        }
+        if let Some(p) = &c.patches {
+            init.insert("patches".into(), p.clone());
+        }
+    }
+    let mut text = serde_yaml::to_string(&Yaml::Mapping(init)).expect("a mapping serializes");
     text.push_str("---\n");
     text.push_str(&cluster_configuration);
     text.push_str("\n---\n");

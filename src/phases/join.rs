@@ -107,6 +107,165 @@ fn run_control_plane_prepare(ctx: &mut Context, sel: &Selection) -> Result<()> {
     Ok(())
 }
 
+pub const ETCD_JOIN: Phase = Phase {
+    name: "etcd-join",
+    description: "Add this node's etcd to the cluster as a learner, then promote it",
+    subphases: Vec::new,
+    run: run_etcd_join,
+};
+
+/// The value of `--<name>=` in the rendered etcd manifest: one source for the URLs.
+fn etcd_flag(manifest: &str, name: &str) -> Option<String> {
+    let prefix = format!("- --{name}=");
+    manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(&prefix).map(str::to_string))
+}
+
+/// The etcd members' client URLs, from the etcd mirror pods' kubeadm annotation.
+async fn etcd_endpoints(admin: &std::path::Path) -> Result<Vec<String>> {
+    use k8s_openapi::api::core::v1::Pod;
+    let client = crate::health::client(admin, None).await?;
+    let pods: kube::Api<Pod> = kube::Api::namespaced(client, "kube-system");
+    let list = pods
+        .list(&kube::api::ListParams::default().labels("component=etcd,tier=control-plane"))
+        .await?;
+    let endpoints: Vec<String> = list
+        .items
+        .iter()
+        .filter_map(|p| {
+            p.metadata
+                .annotations
+                .as_ref()?
+                .get("kubeadm.kubernetes.io/etcd.advertise-client-urls")
+                .cloned()
+        })
+        .collect();
+    if endpoints.is_empty() {
+        bail!("no etcd pod in kube-system carries the kubeadm.kubernetes.io/etcd.advertise-client-urls annotation: is etcd stacked on the control-plane nodes?");
+    }
+    Ok(endpoints)
+}
+
+fn run_etcd_join(ctx: &mut Context, _sel: &Selection) -> Result<()> {
+    use crate::join::etcd;
+    let control_plane = ctx
+        .joining
+        .as_ref()
+        .is_some_and(|j| j.control_plane.is_some());
+    if !control_plane || ctx.cfg.cluster.is_external_etcd() {
+        ctx.out.step(
+            "etcd-join",
+            "Skipping: no local etcd member to add",
+            json!({ "skipped": true }),
+        );
+        return Ok(());
+    }
+    let rendered = crate::render::render(
+        &ctx.cfg,
+        &ctx.layout,
+        crate::render::ETCD,
+        ctx.templates.as_deref(),
+    )?;
+    let (Some(peer_url), Some(client_url)) = (
+        etcd_flag(&rendered, "initial-advertise-peer-urls"),
+        etcd_flag(&rendered, "advertise-client-urls"),
+    ) else {
+        bail!("the etcd manifest has no --initial-advertise-peer-urls or --advertise-client-urls");
+    };
+    let node = ctx.cfg.init.node_registration.name.clone();
+    if ctx.writer.dry_run_dir().is_some() {
+        ctx.out.step(
+            "etcd-join",
+            &format!("Would add {node} ({peer_url}) to etcd as a learner and promote it"),
+            json!({ "peerURL": peer_url }),
+        );
+        return Ok(());
+    }
+    let pki = ctx.layout.pki_dir.join("etcd");
+    let read = |f: &str| {
+        std::fs::read(pki.join(f)).map_err(|e| anyhow::anyhow!("{}: {e}", pki.join(f).display()))
+    };
+    let tls = etcd::Tls {
+        ca: read("ca.crt")?,
+        cert: read("healthcheck-client.crt")?,
+        key: read("healthcheck-client.key")?,
+    };
+    let limit = ctx.cfg.init.timeouts.etcd_api_call.0;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let endpoints = runtime.block_on(etcd_endpoints(&ctx.layout.kubeconfig("admin.conf")))?;
+    ctx.out.step(
+        "etcd-join",
+        &format!(
+            "Checking etcd quorum through {} and adding {node} ({peer_url}) as a learner",
+            endpoints.join(", ")
+        ),
+        json!({ "endpoints": endpoints, "peerURL": peer_url }),
+    );
+    let added = runtime.block_on(etcd::add_learner(&endpoints, &tls, &node, &peer_url, limit))?;
+    ctx.cfg.etcd_initial_cluster = Some(added.initial_cluster.clone());
+    let sel = Selection {
+        phase: "etcd",
+        only: None,
+        skip: &[],
+    };
+    (super::manifests::ETCD.run)(ctx, &sel)?;
+    if added.voting {
+        ctx.out.step(
+            "etcd-join",
+            &format!("{node} is a voting etcd member already"),
+            json!({ "member": format!("{:x}", added.id), "voting": true }),
+        );
+        return Ok(());
+    }
+    ctx.out.step(
+        "etcd-join",
+        &format!(
+            "Waiting for the new etcd member {:x} to catch up and be promoted. This can take up to {}",
+            added.id,
+            crate::config::GoDuration(limit)
+        ),
+        json!({ "member": format!("{:x}", added.id), "initialCluster": added.initial_cluster }),
+    );
+    let start = std::time::Instant::now();
+    match runtime.block_on(etcd::promote(
+        &endpoints,
+        &tls,
+        added.id,
+        &client_url,
+        limit,
+    )) {
+        Ok(()) => {
+            ctx.out.step(
+                "etcd-join",
+                &format!(
+                    "The etcd member {node} is promoted to a voting member after {:.1}s",
+                    start.elapsed().as_secs_f64()
+                ),
+                json!({ "member": format!("{:x}", added.id), "voting": true, "seconds": start.elapsed().as_secs_f64() }),
+            );
+            Ok(())
+        }
+        Err(why) => {
+            // Leave the cluster as it was: the learner out, this node's etcd stopped and its
+            // data gone, so that a re-run starts clean.
+            let removed = runtime.block_on(etcd::remove(&endpoints, &tls, added.id));
+            let manifest = ctx.layout.manifests_dir.join("etcd.yaml");
+            ctx.writer.remove(&manifest)?;
+            let member_dir = ctx.layout.etcd_data_dir.join("member");
+            if member_dir.exists() {
+                std::fs::remove_dir_all(&member_dir)?;
+            }
+            match removed {
+                Ok(()) => bail!("{why:#}; the learner was removed again and this node's etcd manifest and data deleted: the etcd cluster is as it was"),
+                Err(e) => bail!("{why:#}; and {e:#}"),
+            }
+        }
+    }
+}
+
 fn run(ctx: &mut Context, sel: &Selection) -> Result<()> {
     let Some(joining) = ctx.joining.as_ref() else {
         bail!("kubelet-start of a join needs the discovered cluster");
@@ -214,6 +373,55 @@ fn run(ctx: &mut Context, sel: &Selection) -> Result<()> {
         ),
         json!({ "node": node, "registered": true, "ready": ready }),
     );
-    println!("\nThis node has joined the cluster:\n* The kubelet was informed of the new secure connection details.\n\nRun 'kubectl get nodes' on the control-plane to see this node join the cluster.");
     Ok(())
+}
+
+fn control_plane_join(ctx: &Context) -> bool {
+    ctx.joining
+        .as_ref()
+        .is_some_and(|j| j.control_plane.is_some())
+}
+
+pub const WAIT_CONTROL_PLANE: Phase = Phase {
+    name: "wait-control-plane",
+    description:
+        "Wait for the new control-plane components to be healthy and their mirror pods Ready",
+    subphases: Vec::new,
+    run: |ctx, sel| {
+        if control_plane_join(ctx) {
+            (super::wait::PHASE.run)(ctx, sel)
+        } else {
+            Ok(())
+        }
+    },
+};
+
+pub const CONTROL_PLANE_JOIN: Phase = Phase {
+    name: "control-plane-join",
+    description: "Join a machine as a control plane instance",
+    subphases: || {
+        vec![(
+            "mark-control-plane".into(),
+            "Mark a node as a control-plane".into(),
+        )]
+    },
+    run: |ctx, sel| {
+        if control_plane_join(ctx) && sel.wants("mark-control-plane") {
+            (super::cluster::MARK_CONTROL_PLANE.run)(ctx, sel)
+        } else {
+            Ok(())
+        }
+    },
+};
+
+/// kubeadm's closing words of a join.
+pub fn joined(ctx: &Context) {
+    if ctx.writer.dry_run_dir().is_some() || ctx.out.json() {
+        return;
+    }
+    if control_plane_join(ctx) {
+        println!("\nThis node has joined the cluster and a new control plane instance was created:\n\n* Certificate signing request was sent to apiserver and approval was received.\n* The Kubelet was informed of the new secure connection details.\n* Control plane label and taint were applied to the new node.\n* The Kubernetes control plane instances scaled up.\n* A new etcd member was added to the local/stacked etcd cluster.\n\nRun 'kubectl get nodes' to see this node join the cluster.");
+    } else {
+        println!("\nThis node has joined the cluster:\n* The kubelet was informed of the new secure connection details.\n\nRun 'kubectl get nodes' on the control-plane to see this node join the cluster.");
+    }
 }

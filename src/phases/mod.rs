@@ -110,7 +110,12 @@ pub const JOIN: &[Phase] = &[
     preflight::PHASE,
     join::CONTROL_PLANE_PREPARE,
     join::KUBELET_START,
+    join::ETCD_JOIN,
+    join::WAIT_CONTROL_PLANE,
+    join::CONTROL_PLANE_JOIN,
 ];
+
+pub use join::joined;
 
 pub fn find(phases: &'static [Phase], name: &str) -> Option<&'static Phase> {
     phases.iter().find(|p| p.name == name)

@@ -36,13 +36,22 @@ pub struct StandIn {
 
 impl StandIn {
     /// Starts the stand-in with `config` (its `log` is set here) and waits until it listens.
-    pub fn start(dir: &Path, mut config: Value) -> StandIn {
+    pub fn start(dir: &Path, config: Value) -> StandIn {
+        StandIn::start_in(dir, config, Command::new("python3"))
+    }
+
+    /// The same, run by `launcher` (e.g. `ip netns exec …`, to which python3 is appended
+    /// unless it is python3 itself).
+    pub fn start_in(dir: &Path, mut config: Value, mut launcher: Command) -> StandIn {
         let log = dir.join("standin.log");
         config["log"] = Value::String(log.display().to_string());
         let path = dir.join("standin.json");
         std::fs::write(&path, config.to_string()).unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/standin/apiserver.py");
-        let mut child = Command::new("python3")
+        if launcher.get_program() != "python3" {
+            launcher.arg("python3");
+        }
+        let mut child = launcher
             .arg(script)
             .arg(&path)
             .stdout(Stdio::piped())

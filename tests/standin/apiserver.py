@@ -7,7 +7,7 @@ Usage: apiserver.py CONFIG.json — the config names the ports, the TLS files an
   api: {host, port, cert, key, ca}      HTTPS, client certificates verified against ca
   livez: "ok" | "never"
   forbid_admin: bool                    403 on creating ClusterRoleBindings unless system:masters
-  pods: [{name, ready_after, reason, exit_code, restarts}]   mirror pods in kube-system
+  pods: [{name, ready_after, reason, exit_code, restarts, annotations}]   mirror pods
   nodes: [name]                         Nodes that exist
   sign: bool                            act as the bootstrapsigner on kube-public/cluster-info
   objects: [object]                     stored before the first request (signed if sign)
@@ -75,6 +75,7 @@ def pod(spec):
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": spec["name"], "namespace": "kube-system",
+                     "annotations": spec.get("annotations", {}),
                      "resourceVersion": "1" if not ready else "2", "uid": spec["name"]},
         "spec": {"nodeName": CONFIG.get("node", ""), "containers": [{"name": "c", "image": "i"}]},
         "status": {"phase": "Running", "containerStatuses": [status],
