@@ -358,6 +358,18 @@ fn join(
     pin: &str,
     etcd_starts: bool,
 ) -> (std::process::Output, f64) {
+    join_with(lab, h, key, pin, etcd_starts, None)
+}
+
+/// `join`, optionally killed right after phase `fault` (KUBEFORGE_FAULT).
+fn join_with(
+    lab: &mut Lab,
+    h: usize,
+    key: &str,
+    pin: &str,
+    etcd_starts: bool,
+    fault: Option<&str>,
+) -> (std::process::Output, f64) {
     let config = format!(
         "apiVersion: kubeadm.k8s.io/v1beta4
 kind: JoinConfiguration
@@ -396,12 +408,13 @@ timeouts:
             "--kubelet-dir",
             &format!("{k}/kubelet"),
         ])
+        .envs(fault.map(|f| ("KUBEFORGE_FAULT", format!("after:{f}"))))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let manifest = lab.etc(h).join("kubernetes/manifests/etcd.yaml");
-    let mut started = false;
+    let mut started = lab.etcds.iter().any(|(x, _)| *x == h);
     while child.try_wait().unwrap().is_none() {
         if etcd_starts && !started && manifest.exists() {
             std::thread::sleep(Duration::from_millis(100));
@@ -472,6 +485,17 @@ fn etcd_grows_by_learners_keeps_quorum_and_undoes_a_failed_join() {
     println!("FIGURES: a join with one of three members down was refused after {seconds:.1} s");
     lab.start_etcd(3);
     lab.wait_healthy(3);
+    // Killed after control-plane-prepare, then a plain re-run completes.
+    let (out, _) = join_with(&mut lab, 4, &key, &pin, true, Some("control-plane-prepare"));
+    assert!(
+        !out.status.success(),
+        "the fault hook did not stop the join"
+    );
+    assert_eq!(
+        lab.members(),
+        before,
+        "an interrupted join changed the membership"
+    );
     let (out, seconds) = join(&mut lab, 4, &key, &pin, true);
     let text = format!(
         "{}{}",
@@ -481,6 +505,31 @@ fn etcd_grows_by_learners_keeps_quorum_and_undoes_a_failed_join() {
     assert!(out.status.success(), "join of cp4 with cp3 back:\n{text}");
     assert_eq!(lab.members().len(), 4);
     println!("FIGURES: etcd join of cp4 after cp3 came back took {seconds:.1} s");
+
+    // A re-run on a joined node changes no file and no membership.
+    // (etcd's own data changes by itself; the files kubeforge writes must not.)
+    let written = |lab: &Lab| {
+        snapshot(&lab.etc(2).join("kubernetes"))
+            .into_iter()
+            .filter(|(p, _)| !p.to_string_lossy().contains("etcd-data"))
+            .map(|(p, (bytes, mtime, mode))| (p, (bytes.len(), mtime, mode)))
+            .collect::<Vec<_>>()
+    };
+    let files = written(&lab);
+    let members = lab.members();
+    let (out, seconds) = join(&mut lab, 2, &key, &pin, true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lab.members(), members);
+    assert_eq!(
+        written(&lab),
+        files,
+        "a re-run of cp2's join changed its files"
+    );
+    println!("FIGURES: a re-run of cp2's join took {seconds:.1} s and changed nothing");
 
     // A join whose etcd never starts: the learner is removed, the manifest and data are gone,
     // and the four members are as before.

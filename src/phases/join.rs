@@ -205,6 +205,16 @@ fn run_etcd_join(ctx: &mut Context, _sel: &Selection) -> Result<()> {
         json!({ "endpoints": endpoints, "peerURL": peer_url }),
     );
     let added = runtime.block_on(etcd::add_learner(&endpoints, &tls, &node, &peer_url, limit))?;
+    let manifest = ctx.layout.manifests_dir.join("etcd.yaml");
+    if added.voting && manifest.exists() {
+        // --initial-cluster only counts at the member's first start: the manifest stays.
+        ctx.out.step(
+            "etcd-join",
+            &format!("{node} is a voting etcd member already; its manifest is kept"),
+            json!({ "member": format!("{:x}", added.id), "voting": true }),
+        );
+        return Ok(());
+    }
     ctx.cfg.etcd_initial_cluster = Some(added.initial_cluster.clone());
     let sel = Selection {
         phase: "etcd",
@@ -252,7 +262,6 @@ fn run_etcd_join(ctx: &mut Context, _sel: &Selection) -> Result<()> {
             // Leave the cluster as it was: the learner out, this node's etcd stopped and its
             // data gone, so that a re-run starts clean.
             let removed = runtime.block_on(etcd::remove(&endpoints, &tls, added.id));
-            let manifest = ctx.layout.manifests_dir.join("etcd.yaml");
             ctx.writer.remove(&manifest)?;
             let member_dir = ctx.layout.etcd_data_dir.join("member");
             if member_dir.exists() {
