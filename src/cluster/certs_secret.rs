@@ -223,4 +223,17 @@ sys.stdout.write(AESGCM(key).decrypt(data[:12], data[12:], None).decode())
         );
         assert_eq!(out.stdout, PLAIN);
     }
+
+    /// The other fixed vector: what real kubeadm v1.35.6 uploaded (tests/vectors/kubeadm-certs.json).
+    #[test]
+    fn decrypts_what_kubeadm_uploaded() {
+        let vector: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/vectors/kubeadm-certs.json")).unwrap();
+        let key = parse_key(vector["certificateKey"].as_str().unwrap()).unwrap();
+        assert_eq!(key, vector_key());
+        let sealed = STANDARD.decode(vector["sealed"].as_str().unwrap()).unwrap();
+        let plain = decrypt(&key, &sealed).unwrap();
+        assert_eq!(plain, vector["plain"].as_str().unwrap().as_bytes());
+        assert!(plain.starts_with(b"-----BEGIN CERTIFICATE-----"));
+    }
 }

@@ -157,6 +157,7 @@ nodeRegistration:
 apiVersion: kubeadm.k8s.io/v1beta4
 kind: ClusterConfiguration
 kubernetesVersion: {version}
+controlPlaneEndpoint: {adv}:6443
 imageRepository: {repo}
 networking:
   podSubnet: 10.244.0.0/16
@@ -300,7 +301,7 @@ impl Run {
 }
 
 /// The binary under test: this build's, or `KUBEFORGE_E2E_BIN` (e.g. a release build).
-fn binary() -> String {
+pub fn binary() -> String {
     env("KUBEFORGE_E2E_BIN").unwrap_or_else(|| BIN.to_string())
 }
 
