@@ -78,6 +78,7 @@ fn run(cli: Cli) -> Result<()> {
             None => {
                 let mut ctx = context(global, &args.flags, out)?;
                 let skip = ctx.cfg.init.skip_phases.clone();
+                pki::prefetch_keys(&ctx.cfg, &ctx.layout, &skip);
                 phases::run_all(&mut ctx, phases::INIT, &skip)?;
                 finish_dry_run(&ctx);
                 Ok(())

@@ -19,9 +19,8 @@ use crate::kubeconfig::{Kubeconfig, User};
 use crate::BadInput;
 use discovery::{ClusterInfo, Trust};
 
-/// kubeadm's v1beta4 defaults for `timeouts.discovery` and `timeouts.tlsBootstrap`.
+/// kubeadm's v1beta4 default for `timeouts.discovery`.
 const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(300);
-pub const TLS_BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What a join knows beyond the Config: the cluster it trusts and the token it joins with.
 pub struct Joining {
@@ -227,6 +226,16 @@ pub fn prepare(given: &JoinFlags, kubernetes_dir: &Path) -> Result<(Config, Join
             "token discovery without --discovery-token-ca-cert-hash trusts whoever answers; give the hash (`kubeforge init` and `kubeforge token create --print-join-command` print it) or --discovery-token-unsafe-skip-ca-verification".into()
         )),
     };
+    let discovery_timeout = join_config
+        .as_ref()
+        .and_then(|c| c.timeouts.as_ref()?.get("discovery")?.as_str())
+        .map(|t| {
+            crate::config::GoDuration::parse(t)
+                .map(|d| d.0)
+                .map_err(|e| BadInput(format!("timeouts.discovery: {e}")))
+        })
+        .transpose()?
+        .unwrap_or(DISCOVERY_TIMEOUT);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -236,7 +245,7 @@ pub fn prepare(given: &JoinFlags, kubernetes_dir: &Path) -> Result<(Config, Join
             endpoint,
             &token,
             &trust,
-            DISCOVERY_TIMEOUT,
+            discovery_timeout,
         ))?,
         (None, None) => bail!(BadInput(
             "give the API server endpoint (host:port) or --discovery-file".into()

@@ -11,7 +11,6 @@ use k8s_openapi::api::core::v1::Node;
 use serde_json::json;
 
 use super::{Context, Phase, Selection};
-use crate::join::TLS_BOOTSTRAP_TIMEOUT;
 
 pub const KUBELET_START: Phase = Phase {
     name: "kubelet-start",
@@ -328,15 +327,16 @@ fn run(ctx: &mut Context, sel: &Selection) -> Result<()> {
     }
 
     let node = ctx.cfg.init.node_registration.name.clone();
+    let limit = ctx.cfg.init.timeouts.tls_bootstrap.0;
     ctx.out.step(
         "kubelet-start",
         "Waiting for the kubelet to perform the TLS Bootstrap",
-        json!({ "timeoutSeconds": TLS_BOOTSTRAP_TIMEOUT.as_secs() }),
+        json!({ "timeoutSeconds": limit.as_secs() }),
     );
     let start = Instant::now();
     while !kubelet_conf.exists() {
-        if start.elapsed() > TLS_BOOTSTRAP_TIMEOUT {
-            bail!("the kubelet did not write {} within {TLS_BOOTSTRAP_TIMEOUT:?}: is it running, and can it reach the API server? (its log says why)", kubelet_conf.display());
+        if start.elapsed() > limit {
+            bail!("the kubelet did not write {} within {limit:?}: is it running, and can it reach the API server? (its log says why)", kubelet_conf.display());
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -357,11 +357,11 @@ fn run(ctx: &mut Context, sel: &Selection) -> Result<()> {
                         .any(|c| c.type_ == "Ready" && c.status == "True");
                     return Ok::<_, anyhow::Error>(ready);
                 }
-                Ok(None) | Err(_) if start.elapsed() < TLS_BOOTSTRAP_TIMEOUT => {
+                Ok(None) | Err(_) if start.elapsed() < limit => {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 Ok(None) => {
-                    bail!("the node {node} did not register within {TLS_BOOTSTRAP_TIMEOUT:?}")
+                    bail!("the node {node} did not register within {limit:?}")
                 }
                 Err(e) => bail!("reading the node {node} with kubelet.conf: {e}"),
             }

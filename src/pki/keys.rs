@@ -61,8 +61,48 @@ pub fn generate(alg: EncryptionAlgorithm) -> Result<Key> {
     }
 }
 
-/// Generates `count` keys on every core: RSA prime search dominates the run time of `certs`.
+/// Keys started by `prefetch`, then the ones made but not yet taken.
+type Prefetch = (
+    EncryptionAlgorithm,
+    std::thread::JoinHandle<Result<Vec<Key>>>,
+);
+static PREFETCHED: std::sync::Mutex<Option<Prefetch>> = std::sync::Mutex::new(None);
+static STASH: std::sync::Mutex<Vec<Key>> = std::sync::Mutex::new(Vec::new());
+
+/// Starts making `count` keys in the background, on every core, while the phases before `certs`
+/// run; `generate_many` takes them. RSA prime search dominates a fresh init's first second.
+pub fn prefetch(alg: EncryptionAlgorithm, count: usize) {
+    if count == 0 {
+        return;
+    }
+    let handle = std::thread::spawn(move || generate_now(alg, count));
+    *PREFETCHED.lock().expect("key pool lock") = Some((alg, handle));
+}
+
+/// `count` keys: prefetched ones first, the rest made now on every core.
 pub fn generate_many(alg: EncryptionAlgorithm, count: usize) -> Result<Vec<Key>> {
+    let prefetched = PREFETCHED.lock().expect("key pool lock").take();
+    if let Some((made_for, handle)) = prefetched {
+        let keys = handle.join().expect("key generation thread panicked")?;
+        if made_for == alg {
+            STASH.lock().expect("key pool lock").extend(keys);
+        }
+    }
+    let mut out: Vec<Key> = {
+        let mut stash = STASH.lock().expect("key pool lock");
+        let take = count.min(stash.len());
+        stash.drain(..take).collect()
+    };
+    let rest = count - out.len();
+    out.extend(generate_now(alg, rest)?);
+    Ok(out)
+}
+
+/// Generates `count` keys on every core.
+fn generate_now(alg: EncryptionAlgorithm, count: usize) -> Result<Vec<Key>> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)

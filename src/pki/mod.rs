@@ -86,6 +86,34 @@ pub fn certificate_profiles() -> Vec<CertProfile> {
     serde_yaml::from_str(CERTIFICATES).expect("pki/certificates.yaml is valid (unit-tested)")
 }
 
+/// On a node with no PKI and no kubeconfigs yet, starts making every key a whole `init` needs,
+/// so that the RSA prime search runs while preflight does.
+pub fn prefetch_keys(cfg: &crate::config::Config, layout: &crate::host::Layout, skip: &[String]) {
+    if skip
+        .iter()
+        .any(|s| s.starts_with("certs") || s.starts_with("kubeconfig"))
+    {
+        return;
+    }
+    let profiles = kubeconfig_profiles();
+    let fresh = !layout.pki_dir.join("ca.crt").exists()
+        && profiles
+            .iter()
+            .all(|p| !layout.kubeconfig(&p.file).exists());
+    if !fresh {
+        return;
+    }
+    let certificates = certificate_profiles()
+        .iter()
+        .filter(|p| !(p.etcd && cfg.cluster.is_external_etcd()))
+        .count();
+    // + sa.key
+    keys::prefetch(
+        cfg.cluster.encryption_algorithm,
+        certificates + 1 + profiles.len(),
+    );
+}
+
 pub fn kubeconfig_profiles() -> Vec<KubeconfigProfile> {
     serde_yaml::from_str(KUBECONFIGS).expect("pki/kubeconfigs.yaml is valid (unit-tested)")
 }
