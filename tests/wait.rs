@@ -176,7 +176,7 @@ fn mirror_pods_are_followed_through_a_watch_one_event_per_change() {
     assert_eq!(states, deduped, "{states:?}");
     assert_eq!(states.last(), Some(&"Ready"));
     let ready_at = scheduler.last().unwrap()["seconds"].as_f64().unwrap();
-    assert!((2.0..4.0).contains(&ready_at), "Ready after {ready_at}s");
+    assert!((2.0..5.0).contains(&ready_at), "Ready after {ready_at}s");
     // The pods come from one watch (plus the list that starts it), not from polling.
     let lists = standin.count("GET", "/api/v1/namespaces/kube-system/pods");
     let watches = standin
@@ -198,7 +198,7 @@ fn mirror_pods_are_followed_through_a_watch_one_event_per_change() {
         .find(|r| r["path"] == "/livez")
         .expect("a /livez request");
     assert_eq!(livez["groups"], json!(["kubeadm:cluster-admins"]));
-    assert!(took < Duration::from_secs(6), "{took:?}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
 }
 
 #[test]
@@ -279,7 +279,7 @@ fn a_kubelet_that_never_answers_times_out_naming_the_url() {
         "{stderr}"
     );
     assert!(
-        (Duration::from_secs(3)..Duration::from_secs(6)).contains(&took),
+        (Duration::from_secs(3)..Duration::from_secs(9)).contains(&took),
         "{took:?}"
     );
 }
@@ -307,7 +307,7 @@ fn a_crash_loop_is_reported_at_once_with_exit_code_log_and_cause() {
     let (out, took) = wait(&node, false);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(took < Duration::from_secs(10), "{took:?}: not early");
+    assert!(took < Duration::from_secs(20), "{took:?}: not early (the timeout is 2 min)");
     for expected in [
         "[wait-control-plane] kube-scheduler will not come up",
         "code 1",
