@@ -1,6 +1,7 @@
 mod cli;
 mod cluster;
 mod config;
+mod etcd;
 mod fault;
 mod health;
 mod host;

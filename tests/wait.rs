@@ -307,7 +307,10 @@ fn a_crash_loop_is_reported_at_once_with_exit_code_log_and_cause() {
     let (out, took) = wait(&node, false);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(took < Duration::from_secs(20), "{took:?}: not early (the timeout is 2 min)");
+    assert!(
+        took < Duration::from_secs(20),
+        "{took:?}: not early (the timeout is 2 min)"
+    );
     for expected in [
         "[wait-control-plane] kube-scheduler will not come up",
         "code 1",

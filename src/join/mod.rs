@@ -3,7 +3,6 @@
 //! kubelet files are the ones its cluster's control plane uploaded.
 
 pub mod discovery;
-pub mod etcd;
 
 use std::path::Path;
 use std::time::Duration;

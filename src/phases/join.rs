@@ -147,7 +147,7 @@ async fn etcd_endpoints(admin: &std::path::Path) -> Result<Vec<String>> {
 }
 
 fn run_etcd_join(ctx: &mut Context, _sel: &Selection) -> Result<()> {
-    use crate::join::etcd;
+    use crate::etcd;
     let control_plane = ctx
         .joining
         .as_ref()
