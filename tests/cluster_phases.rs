@@ -266,11 +266,7 @@ fn upload_certs_run_alone_prints_a_fresh_key() {
         "--config",
         cfg.to_str().unwrap(),
     ]);
-    let key = out
-        .lines()
-        .skip_while(|l| !l.contains("Using certificate key:"))
-        .nth(1)
-        .unwrap_or_else(|| panic!("no key in:\n{out}"));
+    let key = printed_certificate_key(&out);
     assert_eq!(key.len(), 64, "{out}");
     let certs = get(
         &node,

@@ -322,29 +322,8 @@ etcd:
         ]
         .concat(),
     );
-    let key = out
-        .lines()
-        .skip_while(|l| !l.contains("Using certificate key:"))
-        .nth(1)
-        .unwrap()
-        .to_string();
-    let out = run_tool(
-        "sh",
-        &[
-            "-c",
-            &format!(
-                "openssl x509 -pubkey -noout -in {}/kubernetes/pki/ca.crt | openssl pkey -pubin -outform der | sha256sum",
-                lab.etc(1).display()
-            ),
-        ],
-    );
-    let pin = format!(
-        "sha256:{}",
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap()
-    );
+    let key = printed_certificate_key(&out);
+    let pin = openssl_ca_pin(&lab.etc(1).join("kubernetes/pki/ca.crt"));
     (standin, key, pin)
 }
 

@@ -70,18 +70,7 @@ fn cluster(cluster: &Node, worker_pki: &Path) -> (StandIn, String) {
 }
 
 fn pin(cluster: &Node) -> String {
-    let out = run_tool(
-        "sh",
-        &[
-            "-c",
-            &format!(
-                "openssl x509 -pubkey -noout -in {} | openssl pkey -pubin -outform der | sha256sum",
-                cluster.pki().join("ca.crt").display()
-            ),
-        ],
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    format!("sha256:{}", text.split_whitespace().next().unwrap())
+    openssl_ca_pin(&cluster.pki().join("ca.crt"))
 }
 
 /// Plays the kubelet's TLS bootstrap: once bootstrap-kubelet.conf appears, writes kubelet.conf
@@ -241,12 +230,7 @@ fn a_control_plane_join_downloads_the_shared_keys_and_a_wrong_key_writes_nothing
         "--config",
         cfg.to_str().unwrap(),
     ]);
-    let key = out
-        .lines()
-        .skip_while(|l| !l.contains("Using certificate key:"))
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let key = printed_certificate_key(&out);
     let pin = pin(&cluster_node);
     let ip = host_ip();
     let join = |key: &str| {

@@ -321,3 +321,35 @@ pub fn b64decode(s: &str) -> Vec<u8> {
     child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
     child.wait_with_output().expect("base64").stdout
 }
+
+/// `sha256:<hex>` of a CA certificate's SubjectPublicKeyInfo, computed by openssl: the
+/// `--discovery-token-ca-cert-hash` a join command must carry.
+pub fn openssl_ca_pin(ca: &Path) -> String {
+    let out = run_tool(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "openssl x509 -pubkey -noout -in {} | openssl pkey -pubin -outform der | sha256sum",
+                ca.display()
+            ),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    format!("sha256:{}", text.split_whitespace().next().unwrap())
+}
+
+/// The key `init phase upload-certs` prints on the line after `Using certificate key:`.
+pub fn printed_certificate_key(stdout: &str) -> String {
+    stdout
+        .lines()
+        .skip_while(|l| !l.contains("Using certificate key:"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no certificate key in:\n{stdout}"))
+        .to_string()
+}

@@ -156,14 +156,6 @@ fn node_files() -> BTreeMap<std::path::PathBuf, (Vec<u8>, std::time::SystemTime,
     files
 }
 
-/// `sha256:<hex>` of the CA's SubjectPublicKeyInfo, computed by openssl.
-fn openssl_ca_pin() -> String {
-    let out = harness::run(std::process::Command::new("sh").arg("-c").arg(format!(
-        "openssl x509 -pubkey -noout -in {KUBERNETES_DIR}/pki/ca.crt | openssl pkey -pubin -outform der | sha256sum"
-    )));
-    format!("sha256:{}", out.split_whitespace().next().unwrap())
-}
-
 /// The objects of contract 6 on the real API server, and the join command as printed.
 fn assert_cluster_bootstrapped(s: &Scenario, run: &harness::Run) {
     let text = run.text();
@@ -192,7 +184,10 @@ fn assert_cluster_bootstrapped(s: &Scenario, run: &harness::Run) {
     );
     assert_eq!(
         &words[5..],
-        ["--discovery-token-ca-cert-hash", &openssl_ca_pin()],
+        [
+            "--discovery-token-ca-cert-hash",
+            &common::openssl_ca_pin(&Path::new(KUBERNETES_DIR).join("pki/ca.crt"))
+        ],
         "{join}"
     );
     let outside_join: String = text
@@ -331,7 +326,12 @@ fn init_brings_up_the_control_plane_and_a_rerun_changes_nothing() {
     let line = created.text();
     let words: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(words[..2], ["kubeforge", "join"], "{line}");
-    assert!(line.contains(&openssl_ca_pin()), "{line}");
+    assert!(
+        line.contains(&common::openssl_ca_pin(
+            &Path::new(KUBERNETES_DIR).join("pki/ca.crt")
+        )),
+        "{line}"
+    );
     assert!(
         line.contains(" --control-plane --certificate-key "),
         "{line}"
