@@ -145,6 +145,7 @@ fn bad_input_and_an_untrusted_cluster_write_nothing() {
     let worker = Node::new();
     let (_standin, endpoint) = cluster(&cluster_node, &worker.pki());
     let wrong = format!("sha256:{}", "ab".repeat(32));
+    let right = pin(&cluster_node);
     let key = "ab".repeat(32);
     for (args, code, expected) in [
         (
@@ -198,7 +199,7 @@ fn bad_input_and_an_untrusted_cluster_write_nothing() {
                 "--token",
                 "abcdef.0000000000000000",
                 "--discovery-token-ca-cert-hash",
-                &wrong,
+                &right,
                 "--skip-phases",
                 "preflight",
             ],

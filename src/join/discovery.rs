@@ -124,36 +124,32 @@ fn cluster_of(kubeconfig: &str, origin: &str) -> Result<ClusterInfo> {
     Ok(ClusterInfo { server, ca_pem })
 }
 
-/// kubeadm's token discovery against `endpoint` (`host:port`).
-pub async fn by_token(
+/// Whether the API server (TLS verified with the CA of `cluster`) still authenticates `token`:
+/// Some(false) on 401, None when it cannot be asked.
+async fn token_authenticates(
+    client: &reqwest::Client,
     endpoint: &str,
     token: &Token,
-    trust: &Trust,
-    limit: Duration,
-) -> Result<ClusterInfo> {
-    let unverified = fetch(&http(None)?, endpoint, limit).await?;
-    let data = unverified["data"].as_object().cloned().unwrap_or_default();
-    let kubeconfig = data
-        .get("kubeconfig")
-        .and_then(Value::as_str)
-        .ok_or_else(|| anyhow!("cluster-info from {endpoint} has no kubeconfig key"))?;
-    let key = format!("jws-kubeconfig-{}", token.id());
-    let Some(jws) = data.get(&key).and_then(Value::as_str) else {
-        let endpoint = endpoint.to_string();
-        if data.keys().any(|k| k.starts_with("jws-kubeconfig-")) {
-            bail!(DiscoveryError::UnknownToken {
-                endpoint,
-                id: token.id().into()
-            });
-        }
-        bail!(DiscoveryError::NotSigned { endpoint });
-    };
-    if !token::jws_is_valid(jws, kubeconfig, token) {
-        bail!(DiscoveryError::BadSignature {
-            endpoint: endpoint.into()
-        });
+) -> Option<bool> {
+    let response = client
+        .post(format!(
+            "https://{endpoint}/apis/authentication.k8s.io/v1/selfsubjectreviews"
+        ))
+        .bearer_auth(token.to_string())
+        .header("Content-Type", "application/json")
+        .body(r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#)
+        .send()
+        .await
+        .ok()?;
+    match response.status().as_u16() {
+        401 => Some(false),
+        s if s < 300 => Some(true),
+        _ => None,
     }
-    let cluster = cluster_of(kubeconfig, &format!("cluster-info from {endpoint}"))?;
+}
+
+/// The CA of a cluster-info kubeconfig checked against the pins (any CA when unpinned).
+fn check_pin(cluster: &ClusterInfo, trust: &Trust, endpoint: &str) -> Result<()> {
     if let Trust::Pins(pins) = trust {
         let der = pem::parse(&cluster.ca_pem)
             .map_err(|e| anyhow!("cluster-info from {endpoint}: the CA: {e}"))?
@@ -167,6 +163,76 @@ pub async fn by_token(
             });
         }
     }
+    Ok(())
+}
+
+/// kubeadm's token discovery against `endpoint` (`host:port`). A cluster-info not signed for the
+/// token yet (a join right after init, before the controller-manager's bootstrapsigner ran) is
+/// waited for, up to `limit`, when the API server — over TLS verified with the pinned CA — says
+/// the token is valid; an unknown or expired token is an error at once. The token is never sent
+/// to a server whose CA is not pinned.
+pub async fn by_token(
+    endpoint: &str,
+    token: &Token,
+    trust: &Trust,
+    limit: Duration,
+) -> Result<ClusterInfo> {
+    let start = Instant::now();
+    let insecure = http(None)?;
+    let mut waiting = false;
+    let (kubeconfig, cluster) = loop {
+        let unverified = fetch(&insecure, endpoint, limit).await?;
+        let data = unverified["data"].as_object().cloned().unwrap_or_default();
+        let kubeconfig = data
+            .get("kubeconfig")
+            .and_then(Value::as_str)
+            .ok_or_else(|| anyhow!("cluster-info from {endpoint} has no kubeconfig key"))?
+            .to_string();
+        let cluster = cluster_of(&kubeconfig, &format!("cluster-info from {endpoint}"))?;
+        check_pin(&cluster, trust, endpoint)?;
+        let key = format!("jws-kubeconfig-{}", token.id());
+        if let Some(jws) = data.get(&key).and_then(Value::as_str) {
+            if !token::jws_is_valid(jws, &kubeconfig, token) {
+                bail!(DiscoveryError::BadSignature {
+                    endpoint: endpoint.into()
+                });
+            }
+            break (kubeconfig, cluster);
+        }
+        let signed_at_all = data.keys().any(|k| k.starts_with("jws-kubeconfig-"));
+        let unsigned = || {
+            let endpoint = endpoint.to_string();
+            if signed_at_all {
+                DiscoveryError::UnknownToken {
+                    endpoint,
+                    id: token.id().into(),
+                }
+            } else {
+                DiscoveryError::NotSigned { endpoint }
+            }
+        };
+        if matches!(trust, Trust::Pins(_)) {
+            let verified = http(Some(&cluster.ca_pem))?;
+            if token_authenticates(&verified, endpoint, token).await == Some(false) {
+                bail!(DiscoveryError::UnknownToken {
+                    endpoint: endpoint.into(),
+                    id: token.id().into()
+                });
+            }
+        }
+        if start.elapsed() >= limit {
+            bail!(unsigned());
+        }
+        if !waiting {
+            tracing::warn!(
+                "cluster-info is not signed for token ID {} yet; waiting for the controller-manager's bootstrapsigner",
+                token.id()
+            );
+            waiting = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let kubeconfig = kubeconfig.as_str();
     // Again, now over TLS verified with the CA just trusted: the same content, from a server
     // that holds that CA's certificate.
     let verified_client = http(Some(&cluster.ca_pem))?;
@@ -178,22 +244,11 @@ pub async fn by_token(
     }
     // A signature outlives its token by up to a resync of the bootstrapsigner: ask the API
     // server whether the token still authenticates.
-    let review = verified_client
-        .post(format!(
-            "https://{endpoint}/apis/authentication.k8s.io/v1/selfsubjectreviews"
-        ))
-        .bearer_auth(token.to_string())
-        .header("Content-Type", "application/json")
-        .body(r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#)
-        .send()
-        .await;
-    if let Ok(r) = review {
-        if r.status().as_u16() == 401 {
-            bail!(DiscoveryError::ExpiredToken {
-                endpoint: endpoint.into(),
-                id: token.id().into()
-            });
-        }
+    if token_authenticates(&verified_client, endpoint, token).await == Some(false) {
+        bail!(DiscoveryError::ExpiredToken {
+            endpoint: endpoint.into(),
+            id: token.id().into()
+        });
     }
     Ok(cluster)
 }
@@ -246,6 +301,10 @@ mod tests {
 
     /// A stand-in API server on 127.0.0.1 with its own CA and `tokens`.
     fn cluster(tokens: Vec<Value>, sign: bool, tamper: bool) -> Cluster {
+        cluster_with(tokens, json!({ "sign": sign, "tamper": tamper }))
+    }
+
+    fn cluster_with(tokens: Vec<Value>, behaviour: Value) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -279,10 +338,14 @@ mod tests {
             "metadata": {"name": "cluster-info", "namespace": "kube-public"},
             "data": {"kubeconfig": kubeconfig}}));
         let file = |n: &str| dir.path().join(n).display().to_string();
-        let config = json!({
+        let mut config = json!({
             "api": {"host": "127.0.0.1", "port": port, "cert": file("api.crt"), "key": file("api.key"), "ca": file("ca.crt")},
-            "objects": objects, "sign": sign, "tamper": tamper,
+            "objects": objects,
         });
+        config
+            .as_object_mut()
+            .unwrap()
+            .extend(behaviour.as_object().unwrap().clone());
         std::fs::write(dir.path().join("standin.json"), config.to_string()).unwrap();
         let script =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/standin/apiserver.py");
@@ -412,5 +475,33 @@ mod tests {
         assert!(parse_pin(&format!("sha256:{}", "AB".repeat(32))).is_ok());
         assert!(parse_pin("sha256:abc").is_err());
         assert!(parse_pin(&format!("md5:{}", "ab".repeat(32))).is_err());
+    }
+
+    /// A join right after init: the token is valid but the bootstrapsigner has not signed yet.
+    #[test]
+    fn a_signature_that_comes_later_is_waited_for() {
+        let c = cluster_with(
+            vec![token_secret("abcdef", "0123456789abcdef", None)],
+            json!({ "sign_after": 1.5 }),
+        );
+        let start = std::time::Instant::now();
+        let found = discover(&c, GOOD, Trust::Pins(vec![pin(&c)])).unwrap();
+        assert_eq!(found.server, format!("https://{}", c.endpoint));
+        assert!(start.elapsed() >= Duration::from_millis(1400));
+        // An unknown token is not waited for: the API server refuses it at once.
+        let start = std::time::Instant::now();
+        let c = cluster_with(
+            vec![token_secret("abcdef", "0123456789abcdef", None)],
+            json!({ "sign_after": 30 }),
+        );
+        assert!(matches!(
+            error_of(discover(
+                &c,
+                "zzzzzz.0123456789abcdef",
+                Trust::Pins(vec![pin(&c)])
+            )),
+            DiscoveryError::UnknownToken { .. }
+        ));
+        assert!(start.elapsed() < Duration::from_secs(3));
     }
 }

@@ -529,6 +529,14 @@ fn a_second_control_plane_node_joins_the_real_etcd() {
         uploaded["data"]["ca.crt"].as_str().unwrap_or_default()
     );
 
+    let seconds = join_second_control_plane(&s, token, hash, key);
+    println!("FIGURES: a second control-plane node's join (discovery, certificates, manifests, etcd learner promoted) took {seconds:.1} s");
+}
+
+/// Node 2 (a network namespace with its own /etc/kubernetes and /var/lib/etcd through bind
+/// mounts) joins the cluster of `s` as a control plane, its etcd started by the test from the
+/// rendered manifest and removed from the cluster again afterwards. Returns the join's seconds.
+fn join_second_control_plane(s: &Scenario, token: &str, hash: &str, key: &str) -> f64 {
     let net = Net::new();
     let dir = tempfile::tempdir().unwrap();
     let (kdir, edir) = (dir.path().join("kubernetes"), dir.path().join("etcd"));
@@ -647,7 +655,67 @@ fn a_second_control_plane_node_joins_the_real_etcd() {
             "{shared}"
         );
     }
-    println!("FIGURES: a second control-plane node's join (discovery, certificates, manifests, etcd learner promoted) took {seconds:.1} s");
+    seconds
+}
+
+/// kubeforge joins a cluster real kubeadm built: node 1 is `kubeadm init --upload-certs` (this
+/// kubeforge only runs its kubelet), node 2 joins it as a control plane with kubeadm's printed
+/// line — kubeadm's cluster-info, RBAC, kubeadm-config, kubeadm-certs and etcd.
+#[test]
+fn kubeforge_joins_a_cluster_kubeadm_built() {
+    if !asked_for() {
+        return;
+    }
+    common::require_tool("etcd");
+    common::require_tool("etcdctl");
+    let s = Scenario::start();
+    let kubeadm = |args: &[&str]| {
+        let out = std::process::Command::new(&s.host.kubeadm)
+            .args(args)
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ) + if out.status.success() { "" } else { "\nFAILED" }
+    };
+    let init = kubeadm(&[
+        "init",
+        "--config",
+        s.host.config(&[]).to_str().unwrap(),
+        "--upload-certs",
+        "--ignore-preflight-errors=all",
+    ]);
+    println!("{init}");
+    let words: Vec<&str> = init.split_whitespace().filter(|w| *w != "\\").collect();
+    let after = |flag: &str| {
+        words
+            .iter()
+            .position(|w| *w == flag)
+            .map(|i| words[i + 1])
+            .unwrap_or_else(|| panic!("kubeadm init printed no {flag}:\n{init}"))
+    };
+    let (token, hash, key) = (
+        after("--token"),
+        after("--discovery-token-ca-cert-hash"),
+        after("--certificate-key"),
+    );
+    let joined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        join_second_control_plane(&s, token, hash, key)
+    }));
+    let reset = kubeadm(&["reset", "--force", "--cri-socket", &s.host.cri_socket]);
+    assert!(!reset.ends_with("FAILED"), "kubeadm reset:\n{reset}");
+    // kubeadm reset leaves these two empty directories behind.
+    for dir in ["pki", "manifests"] {
+        let _ = std::fs::remove_dir(Path::new(KUBERNETES_DIR).join(dir));
+    }
+    match joined {
+        Ok(seconds) => println!(
+            "FIGURES: kubeforge joined kubeadm's cluster as a second control plane in {seconds:.1} s"
+        ),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
 }
 
 const NODE2_ADDRESS: &str = "10.78.0.2";

@@ -12,6 +12,7 @@ Usage: apiserver.py CONFIG.json — the config names the ports, the TLS files an
   sign: bool                            act as the bootstrapsigner on kube-public/cluster-info
   objects: [object]                     stored before the first request (signed if sign)
   tamper: bool                          change cluster-info's kubeconfig after signing it
+  sign_after: seconds                   sign only then (a join right after init)
   health: [{port, tls, cert, key}]      200 on any path (kcm, scheduler, kubelet)
   log: file                             one JSON line per request: method, path, user, groups
 
@@ -328,6 +329,11 @@ def preload():
         STORE[(resource, meta.get("namespace", ""), meta["name"])] = obj
     if CONFIG.get("sign"):
         sign_cluster_info()
+    if CONFIG.get("sign_after"):
+        def late():
+            with LOCK:
+                sign_cluster_info()
+        threading.Timer(CONFIG["sign_after"], late).start()
     info = STORE.get(("configmaps", "kube-public", "cluster-info"))
     if CONFIG.get("tamper") and info:
         info["data"]["kubeconfig"] += "# changed after signing\n"
