@@ -7,7 +7,7 @@ mod duration;
 mod net;
 mod position;
 mod types;
-mod v1beta3;
+pub mod v1beta3;
 mod validate;
 
 pub use duration::GoDuration;

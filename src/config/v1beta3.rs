@@ -38,6 +38,18 @@ pub fn convert_init(map: &mut Mapping) {
     }
 }
 
+/// v1beta3 JoinConfiguration → v1beta4: kubeletExtraArgs as a list, `discovery.timeout` as
+/// `timeouts.discovery`.
+pub fn convert_join(map: &mut Mapping) {
+    convert_init(map);
+    let timeout = child(map, "discovery").and_then(|d| d.remove("timeout"));
+    if let Some(t) = timeout {
+        let mut timeouts = Mapping::new();
+        timeouts.insert("discovery".into(), t);
+        map.insert("timeouts".into(), serde_yaml::Value::Mapping(timeouts));
+    }
+}
+
 /// Returns the v1beta3 `apiServer.timeoutForControlPlane`, if set.
 pub fn convert_cluster(map: &mut Mapping) -> Option<GoDuration> {
     let mut timeout = None;

@@ -50,13 +50,16 @@ impl Joining {
     }
 }
 
-/// kubeadm's v1beta4 JoinConfiguration: discovery and the control-plane fields are kubeforge's
+/// kubeadm's v1beta4 JoinConfiguration (v1beta3 converted): discovery and the control-plane fields are kubeforge's
 /// to read; nodeRegistration, timeouts and patches go on to the node's configuration as they
 /// are (checked there like an InitConfiguration's).
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct JoinConfiguration {
+    /// Checked on the raw document before this type is read.
+    #[allow(dead_code)]
     api_version: String,
+    #[allow(dead_code)]
     kind: String,
     /// Accepted for kubeadm's files; the CA goes to certificatesDir/ca.crt as with kubeadm's default.
     #[serde(default)]
@@ -122,18 +125,30 @@ struct JoinControlPlane {
 fn read_config(path: &Path, flags: &mut JoinFlags) -> Result<JoinConfiguration> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| BadInput(format!("{file}: {e}")))?;
-    let cfg: JoinConfiguration = serde_yaml::from_str(&text).map_err(|e| {
+    let yaml_error = |e: serde_yaml::Error| {
         let at = e
             .location()
             .map_or(String::new(), |l| format!(":{}:{}", l.line(), l.column()));
         BadInput(format!("{file}{at}: {e}"))
-    })?;
-    if cfg.kind != "JoinConfiguration" || cfg.api_version != "kubeadm.k8s.io/v1beta4" {
-        bail!(BadInput(format!(
-            "{file}: expected kind JoinConfiguration, apiVersion kubeadm.k8s.io/v1beta4 (got {} {})",
-            cfg.kind, cfg.api_version
-        )));
+    };
+    let mut map: serde_yaml::Mapping = serde_yaml::from_str(&text).map_err(yaml_error)?;
+    let api_version = map
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    let kind = map.get("kind").and_then(|v| v.as_str()).unwrap_or_default();
+    match (api_version, kind) {
+        ("kubeadm.k8s.io/v1beta4", "JoinConfiguration") => {}
+        ("kubeadm.k8s.io/v1beta3", "JoinConfiguration") => {
+            crate::config::v1beta3::convert_join(&mut map);
+            map.insert("apiVersion".into(), "kubeadm.k8s.io/v1beta4".into());
+        }
+        (v, k) => bail!(BadInput(format!(
+            "{file}: expected kind JoinConfiguration, apiVersion kubeadm.k8s.io/v1beta4 or v1beta3 (got {k} {v})"
+        ))),
     }
+    let cfg: JoinConfiguration =
+        serde_yaml::from_value(serde_yaml::Value::Mapping(map)).map_err(yaml_error)?;
     let mixed: Vec<&str> = [
         ("token", flags.token.is_some()),
         (
@@ -382,4 +397,50 @@ pub async fn download_certs(joining: &Joining, key: &str) -> Result<Vec<(String,
                 .with_context(|| format!("kube-system/kubeadm-certs, {name}"))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_v1beta3_join_configuration_is_converted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("join.yaml");
+        std::fs::write(
+            &path,
+            "apiVersion: kubeadm.k8s.io/v1beta3
+kind: JoinConfiguration
+discovery:
+  bootstrapToken:
+    apiServerEndpoint: 10.0.0.5:6443
+    token: abcdef.0123456789abcdef
+    caCertHashes: [\"sha256:00\"]
+  timeout: 1m30s
+nodeRegistration:
+  name: w1
+  kubeletExtraArgs:
+    node-ip: 10.0.0.9
+    v: \"2\"
+",
+        )
+        .unwrap();
+        let mut flags = JoinFlags::default();
+        let cfg = read_config(&path, &mut flags).unwrap();
+        assert_eq!(flags.endpoint.as_deref(), Some("10.0.0.5:6443"));
+        assert_eq!(flags.token.as_deref(), Some("abcdef.0123456789abcdef"));
+        assert_eq!(cfg.timeouts.unwrap()["discovery"].as_str(), Some("1m30s"));
+        let args = &cfg.node_registration.unwrap()["kubeletExtraArgs"];
+        assert_eq!(args[0]["name"].as_str(), Some("node-ip"));
+        assert_eq!(args[1]["value"].as_str(), Some("2"));
+        std::fs::write(
+            &path,
+            "apiVersion: kubeadm.k8s.io/v1beta4\nkind: JoinConfiguration\nbogus: 1\n",
+        )
+        .unwrap();
+        let e = read_config(&path, &mut JoinFlags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
 }
