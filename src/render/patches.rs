@@ -164,11 +164,8 @@ fn merge_key(field: &str) -> Option<&'static str> {
         | "volumes"
         | "env"
         | "imagePullSecrets"
-        | "resourceClaims"
-        | "readinessGates" => match field {
-            "readinessGates" => "conditionType",
-            _ => "name",
-        },
+        | "resourceClaims" => "name",
+        "readinessGates" => "conditionType",
         "volumeMounts" => "mountPath",
         "volumeDevices" => "devicePath",
         "ports" => "containerPort",
