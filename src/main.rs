@@ -24,6 +24,14 @@ use cli::{
 };
 use output::Output;
 
+/// The single-threaded async runtime every network step runs on (one per command, or per phase
+/// that talks to a server).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 /// Bad input from the operator (as opposed to a failure at run time): exit code 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -184,33 +192,9 @@ fn run(cli: Cli) -> Result<()> {
                     .unwrap_or_else(|| global.kubernetes_dir.join("admin.conf"))
             };
             match command {
-                TokenCommand::Create {
-                    token,
-                    ttl,
-                    usages,
-                    groups,
-                    description,
-                    print_join_command,
-                    certificate_key,
-                    upload_certs,
-                    cert_dir,
-                    access,
-                } => cluster::tokens::create(
-                    cluster::tokens::CreateRequest {
-                        token,
-                        ttl,
-                        usages,
-                        groups,
-                        description,
-                        print_join_command,
-                        certificate_key,
-                        upload_certs,
-                        cert_dir,
-                    },
-                    &admin(access),
-                    &global.kubernetes_dir,
-                    out,
-                ),
+                TokenCommand::Create { token, access } => {
+                    cluster::tokens::create(&token, &admin(access), &global.kubernetes_dir, out)
+                }
                 TokenCommand::List { access } => cluster::tokens::list(&admin(access), out),
                 TokenCommand::Delete { ids, access } => {
                     cluster::tokens::delete(&ids, &admin(access), out)

@@ -4,7 +4,7 @@
 //! logic only: the real API server, bootstrapsigner and kubelet are the e2e suite's.
 
 mod common;
-use common::standin::{free_port, host_ip, StandIn};
+use common::standin::{host_ip, StandIn};
 use common::*;
 
 use serde_json::{json, Value};

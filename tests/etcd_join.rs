@@ -137,15 +137,7 @@ impl Lab {
     }
     /// Plays the kubelet for etcd: runs the rendered etcd command of host h in its namespace.
     fn start_etcd(&mut self, h: usize) {
-        let manifest =
-            std::fs::read_to_string(self.etc(h).join("kubernetes/manifests/etcd.yaml")).unwrap();
-        let pod: Value = serde_yaml::from_str(&manifest).unwrap();
-        let command: Vec<String> = pod["spec"]["containers"][0]["command"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap().to_string())
-            .collect();
+        let command = manifest_command(&self.etc(h).join("kubernetes/manifests/etcd.yaml"));
         let log = std::fs::File::create(self.dir.path().join(format!("etcd-{h}.log"))).unwrap();
         let child = self
             .exec(h)

@@ -4,7 +4,6 @@
 
 mod common;
 use common::*;
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,14 +14,6 @@ impl Drop for Etcd {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn etcdctl(endpoint: &str, ca: &str, cert: &str, key: &str, args: &[&str]) -> std::process::Output {

@@ -5,7 +5,7 @@
 //! bad input refused before anything is written. The real kubelet's part is the lab's.
 
 mod common;
-use common::standin::{free_port, host_ip, StandIn};
+use common::standin::{host_ip, StandIn};
 use common::*;
 
 use serde_json::json;

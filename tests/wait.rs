@@ -3,7 +3,7 @@
 //! diagnosis. Only the logic: the real kubelet and API server are the e2e suite's.
 
 mod common;
-use common::standin::{free_port, host_ip, StandIn};
+use common::standin::{host_ip, StandIn};
 use common::*;
 
 use serde_json::{json, Value};

@@ -298,37 +298,8 @@ pub struct ClusterAccess {
 pub enum TokenCommand {
     /// Create a bootstrap token on the server and print it (or the join command).
     Create {
-        /// The token to create (`[a-z0-9]{6}.[a-z0-9]{16}`); default: a random one.
-        token: Option<String>,
-        /// How long the token lives (0 = forever).
-        #[arg(long, default_value = "24h0m0s", value_name = "DURATION")]
-        ttl: String,
-        /// What the token may be used for.
-        #[arg(long, value_delimiter = ',', default_value = "signing,authentication")]
-        usages: Vec<String>,
-        /// Extra groups the token authenticates as.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "system:bootstrappers:kubeadm:default-node-token"
-        )]
-        groups: Vec<String>,
-        /// A human-friendly description of the token.
-        #[arg(long, default_value = "")]
-        description: String,
-        /// Print the whole join command instead of the token alone.
-        #[arg(long)]
-        print_join_command: bool,
-        /// With --print-join-command: print the control-plane join command with this key.
-        #[arg(long, value_name = "KEY", requires = "print_join_command")]
-        certificate_key: Option<String>,
-        /// Upload the control-plane certificates again under a fresh certificate key (or the one
-        /// given), for a control-plane join command.
-        #[arg(long)]
-        upload_certs: bool,
-        /// Where the certificates to upload are (default: the cluster's certificatesDir).
-        #[arg(long, value_name = "DIR")]
-        cert_dir: Option<PathBuf>,
+        #[command(flatten)]
+        token: TokenCreate,
         #[command(flatten)]
         access: ClusterAccess,
     },
@@ -346,4 +317,39 @@ pub enum TokenCommand {
     },
     /// Print a random token (nothing is created on the server).
     Generate,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreate {
+    /// The token to create (`[a-z0-9]{6}.[a-z0-9]{16}`); default: a random one.
+    pub token: Option<String>,
+    /// How long the token lives (0 = forever).
+    #[arg(long, default_value = "24h0m0s", value_name = "DURATION")]
+    pub ttl: String,
+    /// What the token may be used for.
+    #[arg(long, value_delimiter = ',', default_value = "signing,authentication")]
+    pub usages: Vec<String>,
+    /// Extra groups the token authenticates as.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "system:bootstrappers:kubeadm:default-node-token"
+    )]
+    pub groups: Vec<String>,
+    /// A human-friendly description of the token.
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// Print the whole join command instead of the token alone.
+    #[arg(long)]
+    pub print_join_command: bool,
+    /// With --print-join-command: print the control-plane join command with this key.
+    #[arg(long, value_name = "KEY", requires = "print_join_command")]
+    pub certificate_key: Option<String>,
+    /// Upload the control-plane certificates again under a fresh certificate key (or the one
+    /// given), for a control-plane join command.
+    #[arg(long)]
+    pub upload_certs: bool,
+    /// Where the certificates to upload are (default: the cluster's certificatesDir).
+    #[arg(long, value_name = "DIR")]
+    pub cert_dir: Option<PathBuf>,
 }

@@ -23,6 +23,25 @@ fn valid_part(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| ALPHABET.contains(&b))
 }
 
+/// A token ID alone: `[a-z0-9]{6}`.
+pub fn is_token_id(s: &str) -> bool {
+    valid_part(s, 6)
+}
+
+/// The usages a bootstrap token may have.
+pub const USAGES: [&str; 2] = ["signing", "authentication"];
+
+/// kubeadm's rule for a token's extra groups: `system:bootstrappers:[a-z0-9:-]{0,255}[a-z0-9]`.
+pub fn is_token_group(g: &str) -> bool {
+    let Some(rest) = g.strip_prefix("system:bootstrappers:") else {
+        return false;
+    };
+    let inner = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    rest.len() <= 256
+        && rest.bytes().last().is_some_and(inner)
+        && rest.bytes().all(|b| inner(b) || b == b':' || b == b'-')
+}
+
 impl Token {
     /// `[a-z0-9]{6}.[a-z0-9]{16}`; the error never repeats the secret.
     pub fn parse(text: &str) -> Result<Token> {
@@ -70,6 +89,12 @@ impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "Token({}.<redacted>)", self.id)
     }
+}
+
+/// A bootstrap token Secret's data value as text.
+pub fn secret_field(secret: &k8s_openapi::api::core::v1::Secret, key: &str) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(bytes.0.clone()).ok()
 }
 
 /// The bootstrapsigner's detached JWS over `content`: `b64url(header)..b64url(HS256)`, the
@@ -176,6 +201,17 @@ sys.stdout.write(header + ".." + b64(mac.digest()))
         assert!(!jws_is_valid(&other, content, &t));
         assert!(!jws_is_valid(&theirs[..theirs.len() - 2], content, &t));
         assert!(!jws_is_valid("", content, &t));
+    }
+
+    #[test]
+    fn token_groups_follow_kubeadms_pattern() {
+        assert!(is_token_group(
+            "system:bootstrappers:kubeadm:default-node-token"
+        ));
+        assert!(!is_token_group("admins"));
+        assert!(!is_token_group("system:bootstrappers:"));
+        assert!(!is_token_group("system:bootstrappers:Worker"));
+        assert!(!is_token_group("system:bootstrappers:workers-"));
     }
 
     #[test]

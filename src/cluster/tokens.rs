@@ -15,65 +15,25 @@ use time::OffsetDateTime;
 use super::certs_secret;
 use super::objects::{self, TokenSecret};
 use super::token::{self, Token};
+use crate::cli::TokenCreate;
 use crate::config::GoDuration;
-use crate::kubeconfig::Kubeconfig;
 use crate::output::Output;
 use crate::BadInput;
 
 /// How long `create` and the API calls wait for the server.
 const API_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub struct CreateRequest {
-    pub token: Option<String>,
-    pub ttl: String,
-    pub usages: Vec<String>,
-    pub groups: Vec<String>,
-    pub description: String,
-    pub print_join_command: bool,
-    pub certificate_key: Option<String>,
-    pub upload_certs: bool,
-    pub cert_dir: Option<PathBuf>,
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
-
-fn secret_value(secret: &Secret, key: &str) -> Option<String> {
-    let bytes = secret.data.as_ref()?.get(key)?;
-    String::from_utf8(bytes.0.clone()).ok()
-}
-
 /// kubeadm's rules for `--usages` and `--groups` (bad input, exit 2).
 fn check_usages_and_groups(usages: &[String], groups: &[String]) -> Result<()> {
-    for u in usages {
-        if u != "signing" && u != "authentication" {
-            bail!(BadInput(format!(
-                "--usages: unknown usage {u:?} (valid: signing, authentication)"
-            )));
-        }
+    if let Some(u) = usages.iter().find(|u| !token::USAGES.contains(&u.as_str())) {
+        bail!(BadInput(format!(
+            "--usages: unknown usage {u:?} (valid: signing, authentication)"
+        )));
     }
-    let group_ok = |g: &str| {
-        g.strip_prefix("system:bootstrappers:").is_some_and(|rest| {
-            !rest.is_empty()
-                && rest.len() <= 256
-                && rest
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b':' || b == b'-')
-                && rest
-                    .bytes()
-                    .last()
-                    .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        })
-    };
-    for g in groups {
-        if !group_ok(g) {
-            bail!(BadInput(format!(
-                "--groups: {g:?} must match system:bootstrappers:[a-z0-9:-]{{0,255}}[a-z0-9]"
-            )));
-        }
+    if let Some(g) = groups.iter().find(|g| !token::is_token_group(g)) {
+        bail!(BadInput(format!(
+            "--groups: {g:?} must match system:bootstrappers:[a-z0-9:-]{{0,255}}[a-z0-9]"
+        )));
     }
     if !groups.is_empty() && !usages.iter().any(|u| u == "authentication") {
         bail!(BadInput(
@@ -86,22 +46,12 @@ fn check_usages_and_groups(usages: &[String], groups: &[String]) -> Result<()> {
 /// The API endpoint (`host:port`) and the CA pin of the cluster a kubeconfig reaches: what a
 /// join command needs.
 fn endpoint_and_pin(kubeconfig: &Path) -> Result<(String, String)> {
-    let bytes = std::fs::read(kubeconfig).with_context(|| kubeconfig.display().to_string())?;
-    let conf = Kubeconfig::parse(&bytes).with_context(|| kubeconfig.display().to_string())?;
-    let server = conf
-        .server()
-        .ok_or_else(|| anyhow!("{}: no cluster server", kubeconfig.display()))?;
-    let ca = conf.ca_pem().ok_or_else(|| {
-        anyhow!(
-            "{}: no certificate-authority-data to pin",
-            kubeconfig.display()
-        )
-    })?;
-    let der = pem::parse(ca)
+    let cluster = crate::join::discovery::by_file(kubeconfig)?;
+    let der = pem::parse(&cluster.ca_pem)
         .with_context(|| format!("{}: the cluster CA", kubeconfig.display()))?
         .into_contents();
     Ok((
-        server.trim_start_matches("https://").to_string(),
+        cluster.server.trim_start_matches("https://").to_string(),
         token::ca_pin(&der)?,
     ))
 }
@@ -146,7 +96,7 @@ async fn certificate_files(
 }
 
 pub fn create(
-    req: CreateRequest,
+    req: &TokenCreate,
     kubeconfig: &Path,
     kubernetes_dir: &Path,
     out: Output,
@@ -179,7 +129,7 @@ pub fn create(
         usages: req.usages.clone(),
         groups: req.groups.clone(),
     })?;
-    let rt = runtime()?;
+    let rt = crate::runtime()?;
     let key = rt.block_on(async {
         let client = crate::health::client(kubeconfig, None).await?;
         let secrets: Api<Secret> = Api::namespaced(client.clone(), "kube-system");
@@ -290,7 +240,7 @@ fn time_left(expiration: &str, now: OffsetDateTime) -> String {
 }
 
 pub fn list(kubeconfig: &Path, out: Output) -> Result<()> {
-    let rt = runtime()?;
+    let rt = crate::runtime()?;
     let items = rt.block_on(async {
         let client = crate::health::client(kubeconfig, None).await?;
         let secrets: Api<Secret> = Api::namespaced(client, "kube-system");
@@ -303,9 +253,10 @@ pub fn list(kubeconfig: &Path, out: Output) -> Result<()> {
     let now = OffsetDateTime::now_utc();
     let mut rows = Vec::new();
     for s in &items {
-        let (Some(id), Some(secret)) =
-            (secret_value(s, "token-id"), secret_value(s, "token-secret"))
-        else {
+        let (Some(id), Some(secret)) = (
+            token::secret_field(s, "token-id"),
+            token::secret_field(s, "token-secret"),
+        ) else {
             continue;
         };
         let mut usages: Vec<String> = s
@@ -319,14 +270,14 @@ pub fn list(kubeconfig: &Path, out: Output) -> Result<()> {
             })
             .collect();
         usages.sort();
-        let expiration = secret_value(s, "expiration");
+        let expiration = token::secret_field(s, "expiration");
         rows.push(json!({
             "token": format!("{id}.{secret}"),
             "ttl": expiration.as_deref().map_or("<forever>".into(), |e| time_left(e, now)),
             "expires": expiration.clone().unwrap_or_else(|| "<never>".into()),
             "usages": usages,
-            "description": secret_value(s, "description").unwrap_or_else(|| "<none>".into()),
-            "groups": secret_value(s, "auth-extra-groups").unwrap_or_else(|| "<none>".into()),
+            "description": token::secret_field(s, "description").unwrap_or_else(|| "<none>".into()),
+            "groups": token::secret_field(s, "auth-extra-groups").unwrap_or_else(|| "<none>".into()),
         }));
     }
     if out.json() {
@@ -382,20 +333,14 @@ pub fn delete(ids: &[String], kubeconfig: &Path, out: Output) -> Result<()> {
                 .map_err(|e| BadInput(format!("token: {e}")))?
                 .id()
                 .to_string(),
-            None if given.len() == 6
-                && given
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) =>
-            {
-                given.clone()
-            }
+            None if token::is_token_id(given) => given.clone(),
             None => bail!(BadInput(format!(
                 "{given:?} is neither a token ID ([a-z0-9]{{6}}) nor a token"
             ))),
         };
         checked.push(id);
     }
-    let rt = runtime()?;
+    let rt = crate::runtime()?;
     rt.block_on(async {
         let client = crate::health::client(kubeconfig, None).await?;
         let secrets: Api<Secret> = Api::namespaced(client, "kube-system");

@@ -1,5 +1,6 @@
 //! kubeadm's defaults and validation rules for InitConfiguration + ClusterConfiguration.
 
+use crate::cluster::token::{self, Token};
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -175,14 +176,14 @@ pub fn validate(
         }
     }
     for (i, t) in init.bootstrap_tokens.iter().enumerate() {
-        if !t.token.is_empty() && !is_bootstrap_token(&t.token) {
+        if !t.token.is_empty() && Token::parse(&t.token).is_err() {
             return err(
                 &format!("InitConfiguration.bootstrapTokens[{i}].token"),
                 "the bootstrap token must match \"[a-z0-9]{6}.[a-z0-9]{16}\"".into(),
             );
         }
         for (j, u) in t.usages.iter().enumerate() {
-            if !["signing", "authentication"].contains(&u.as_str()) {
+            if !token::USAGES.contains(&u.as_str()) {
                 return err(
                     &format!("InitConfiguration.bootstrapTokens[{i}].usages[{j}]"),
                     format!("{u:?} is not a bootstrap token usage (signing, authentication)"),
@@ -190,10 +191,10 @@ pub fn validate(
             }
         }
         for (j, g) in t.groups.iter().enumerate() {
-            if !g.starts_with("system:bootstrappers:") {
+            if !token::is_token_group(g) {
                 return err(
                     &format!("InitConfiguration.bootstrapTokens[{i}].groups[{j}]"),
-                    format!("{g:?} must start with \"system:bootstrappers:\""),
+                    format!("{g:?} must match system:bootstrappers:[a-z0-9:-]{{0,255}}[a-z0-9]"),
                 );
             }
         }
@@ -411,16 +412,6 @@ pub fn validate(
     Ok(())
 }
 
-fn is_bootstrap_token(t: &str) -> bool {
-    let ok = |s: &str, n| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    };
-    t.split_once('.')
-        .is_some_and(|(id, secret)| ok(id, 6) && ok(secret, 16))
-}
-
 /// `v1.35.6` (pre-releases like `v1.36.0-rc.1` too) inside the supported window.
 fn validate_version(v: &str) -> Result<(), String> {
     let bad = || format!("{v:?} is not a Kubernetes version like v1.35.6");
@@ -452,8 +443,8 @@ mod tests {
         assert!(validate_version("v1.32.9").is_err());
         assert!(validate_version("v1.38.0").is_err());
         assert!(validate_version("latest").is_err());
-        assert!(is_bootstrap_token("abcdef.0123456789abcdef"));
-        assert!(!is_bootstrap_token("ABCDEF.0123456789abcdef"));
-        assert!(!is_bootstrap_token("abcdef0123456789abcdef"));
+        assert!(Token::parse("abcdef.0123456789abcdef").is_ok());
+        assert!(Token::parse("ABCDEF.0123456789abcdef").is_err());
+        assert!(Token::parse("abcdef0123456789abcdef").is_err());
     }
 }

@@ -26,6 +26,7 @@ pub use diagnose::Container;
 use crate::config::Config;
 use crate::host::Layout;
 use crate::output::Output;
+use crate::render::flag;
 
 /// How often health endpoints and the runtime are asked; the mirror pods are watched.
 const TICK: Duration = Duration::from_millis(200);
@@ -58,11 +59,6 @@ impl Health {
             Health::Insecure { url } => url.clone(),
         }
     }
-}
-
-fn flag<'a>(command: &'a [String], name: &str) -> Option<&'a str> {
-    let prefix = format!("--{name}=");
-    command.iter().find_map(|a| a.strip_prefix(&prefix))
 }
 
 fn host(addr: &str, fallback: &str) -> String {
@@ -234,10 +230,7 @@ impl Display {
 
 /// Waits until every control-plane component is healthy and its mirror pod Ready.
 pub fn wait_control_plane(cfg: &Config, layout: &Layout, out: Output) -> Result<()> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(wait(cfg, layout, out))
+    crate::runtime()?.block_on(wait(cfg, layout, out))
 }
 
 async fn wait(cfg: &Config, layout: &Layout, out: Output) -> Result<()> {

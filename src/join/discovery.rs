@@ -373,10 +373,7 @@ mod tests {
     }
 
     fn discover(c: &Cluster, token: &str, trust: Trust) -> Result<ClusterInfo> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = crate::runtime().unwrap();
         let token = Token::parse(token).unwrap();
         rt.block_on(by_token(
             &c.endpoint,

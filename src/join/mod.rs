@@ -250,9 +250,7 @@ pub fn prepare(given: &JoinFlags, kubernetes_dir: &Path) -> Result<(Config, Join
         })
         .transpose()?
         .unwrap_or(DISCOVERY_TIMEOUT);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::runtime()?;
     let cluster = match (&flags.discovery_file, &flags.endpoint) {
         (Some(file), _) => discovery::by_file(file)?,
         (None, Some(endpoint)) => runtime.block_on(discovery::by_token(

@@ -91,9 +91,7 @@ pub const SHOW_JOIN_COMMAND: Phase = Phase {
 /// TLS connection) are made once per run and shared by every phase.
 fn with_client<T>(ctx: &mut Context, f: impl AsyncFnOnce(kube::Client) -> Result<T>) -> Result<T> {
     if ctx.api.is_none() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let runtime = crate::runtime()?;
         let admin = ctx.layout.kubeconfig("admin.conf");
         let server = ctx.cfg.local_endpoint_url();
         let client = runtime.block_on(crate::health::local_client(&admin, &server))?;
@@ -323,11 +321,6 @@ fn run_mark_control_plane(ctx: &mut Context, _: &Selection) -> Result<()> {
     Ok(())
 }
 
-fn b64_field(secret: &Secret, key: &str) -> Option<String> {
-    let bytes = secret.data.as_ref()?.get(key)?;
-    String::from_utf8(bytes.0.clone()).ok()
-}
-
 /// An unexpired token Secret with the same usages, groups and description, for a re-run to use
 /// instead of minting another token: the cluster keeps one token per init, not one per run.
 async fn reusable_token(
@@ -341,24 +334,24 @@ async fn reusable_token(
         .await
         .context("listing bootstrap tokens")?;
     for s in list.items {
-        let expiration = b64_field(&s, "expiration");
+        let expiration = token::secret_field(&s, "expiration");
         let fresh = match &expiration {
             Some(e) => time::OffsetDateTime::parse(e, &Rfc3339)
                 .is_ok_and(|t| t - now > time::Duration::hours(1)),
             None => spec.ttl.as_ref().is_some_and(|t| t.0.is_zero()),
         };
-        let usages_match = spec
-            .usages
-            .iter()
-            .all(|u| b64_field(&s, &format!("usage-bootstrap-{u}")).as_deref() == Some("true"));
+        let usages_match = spec.usages.iter().all(|u| {
+            token::secret_field(&s, &format!("usage-bootstrap-{u}")).as_deref() == Some("true")
+        });
         let same = fresh
             && usages_match
-            && b64_field(&s, "auth-extra-groups").unwrap_or_default() == spec.groups.join(",")
-            && b64_field(&s, "description").unwrap_or_default() == spec.description;
+            && token::secret_field(&s, "auth-extra-groups").unwrap_or_default()
+                == spec.groups.join(",")
+            && token::secret_field(&s, "description").unwrap_or_default() == spec.description;
         if let (true, Some(id), Some(secret)) = (
             same,
-            b64_field(&s, "token-id"),
-            b64_field(&s, "token-secret"),
+            token::secret_field(&s, "token-id"),
+            token::secret_field(&s, "token-secret"),
         ) {
             if let Ok(t) = Token::parse(&format!("{id}.{secret}")) {
                 return Ok(Some((t, expiration)));

@@ -61,9 +61,7 @@ fn run_control_plane_prepare(ctx: &mut Context, sel: &Selection) -> Result<()> {
                     "Downloading the certificates in Secret \"kubeadm-certs\" in the \"kube-system\" Namespace",
                     json!({ "secret": "kube-system/kubeadm-certs" }),
                 );
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
+                let runtime = crate::runtime()?;
                 let downloaded = runtime.block_on(crate::join::download_certs(joining, &key))?;
                 let files = crate::cluster::certs_secret::files(
                     &ctx.layout.pki_dir,
@@ -113,14 +111,6 @@ pub const ETCD_JOIN: Phase = Phase {
     run: run_etcd_join,
 };
 
-/// The value of `--<name>=` in the rendered etcd manifest: one source for the URLs.
-fn etcd_flag(manifest: &str, name: &str) -> Option<String> {
-    let prefix = format!("- --{name}=");
-    manifest
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(&prefix).map(str::to_string))
-}
-
 /// The etcd members' client URLs, from the etcd mirror pods' kubeadm annotation.
 async fn etcd_endpoints(admin: &std::path::Path) -> Result<Vec<String>> {
     use k8s_openapi::api::core::v1::Pod;
@@ -166,9 +156,17 @@ fn run_etcd_join(ctx: &mut Context, _sel: &Selection) -> Result<()> {
         crate::render::ETCD,
         ctx.templates.as_deref(),
     )?;
+    // The URLs from the rendered manifest: one source for them, patches included.
+    let pod: k8s_openapi::api::core::v1::Pod = serde_yaml::from_str(&rendered)?;
+    let command = pod
+        .spec
+        .and_then(|s| s.containers.into_iter().next())
+        .and_then(|c| c.command)
+        .unwrap_or_default();
+    let flag = |name| crate::render::flag(&command, name).map(str::to_string);
     let (Some(peer_url), Some(client_url)) = (
-        etcd_flag(&rendered, "initial-advertise-peer-urls"),
-        etcd_flag(&rendered, "advertise-client-urls"),
+        flag("initial-advertise-peer-urls"),
+        flag("advertise-client-urls"),
     ) else {
         bail!("the etcd manifest has no --initial-advertise-peer-urls or --advertise-client-urls");
     };
@@ -191,9 +189,7 @@ fn run_etcd_join(ctx: &mut Context, _sel: &Selection) -> Result<()> {
         key: read("healthcheck-client.key")?,
     };
     let limit = ctx.cfg.init.timeouts.etcd_api_call.0;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::runtime()?;
     let endpoints = runtime.block_on(etcd_endpoints(&ctx.layout.kubeconfig("admin.conf")))?;
     ctx.out.step(
         "etcd-join",
@@ -340,9 +336,7 @@ fn run(ctx: &mut Context, sel: &Selection) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::runtime()?;
     let ready = runtime.block_on(async {
         let client = crate::health::client(&kubelet_conf, None).await?;
         let nodes: kube::Api<Node> = kube::Api::all(client);

@@ -323,6 +323,12 @@ fn data(cfg: &Config, layout: &Layout, component: &str) -> Result<Value> {
     })
 }
 
+/// The value of `--<name>=` in a manifest's command.
+pub fn flag<'a>(command: &'a [String], name: &str) -> Option<&'a str> {
+    let prefix = format!("--{name}=");
+    command.iter().find_map(|a| a.strip_prefix(&prefix))
+}
+
 /// Renders one component's manifest as the bytes to write.
 pub fn render(
     cfg: &Config,

@@ -353,3 +353,23 @@ pub fn printed_certificate_key(stdout: &str) -> String {
         .unwrap_or_else(|| panic!("no certificate key in:\n{stdout}"))
         .to_string()
 }
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The command of a static pod manifest's container: what a kubelet would run.
+pub fn manifest_command(manifest: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(manifest).expect("read the manifest");
+    let pod: serde_json::Value = serde_yaml::from_str(&text).expect("a manifest");
+    pod["spec"]["containers"][0]["command"]
+        .as_array()
+        .expect("a container command")
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}

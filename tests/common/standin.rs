@@ -22,13 +22,6 @@ pub fn host_ip() -> String {
         .to_string()
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 pub struct StandIn {
     child: Child,
     pub log: PathBuf,

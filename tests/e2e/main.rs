@@ -581,14 +581,7 @@ fn join_second_control_plane(s: &Scenario, token: &str, hash: &str, key: &str) -
     while join.try_wait().unwrap().is_none() {
         if etcd.is_none() && manifest.exists() {
             std::thread::sleep(Duration::from_millis(100));
-            let pod: serde_json::Value =
-                serde_yaml::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
-            let command: Vec<String> = pod["spec"]["containers"][0]["command"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_str().unwrap().to_string())
-                .collect();
+            let command = common::manifest_command(&manifest);
             let log = std::fs::File::create(dir.path().join("etcd2.log")).unwrap();
             etcd = Some(
                 on_node2()
