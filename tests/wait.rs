@@ -158,6 +158,23 @@ fn mirror_pods_are_followed_through_a_watch_one_event_per_change() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // From the watch event that made the last pod Ready to kubeforge having reported it and
+    // exited (an upper bound of the reaction): a figure for the README, not a timed assertion.
+    let exited = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let sent = standin
+        .requests()
+        .iter()
+        .filter(|r| r["method"] == "WATCH-EVENT" && r["path"] == "kube-scheduler-cp1")
+        .filter_map(|r| r["at"].as_f64())
+        .next_back()
+        .expect("the stand-in sent the scheduler's Ready through the watch");
+    println!(
+        "FIGURES: last component Ready (watch event sent) -> reported and exited: {:.0} ms",
+        (exited - sent) * 1000.0
+    );
     let events: Vec<Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

@@ -202,6 +202,7 @@ class Api(BaseHTTPRequestHandler):
                             line = json.dumps({"type": "MODIFIED", "object": pod(spec)}).encode() + b"\n"
                             self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
                             self.wfile.flush()
+                            log({"method": "WATCH-EVENT", "path": spec["name"], "at": time.time()})
                     time.sleep(0.05)
                 self.wfile.write(b"0\r\n\r\n")
             except (BrokenPipeError, ConnectionResetError):
