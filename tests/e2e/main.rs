@@ -699,10 +699,11 @@ fn kubeforge_joins_a_cluster_kubeadm_built() {
     }));
     let reset = kubeadm(&["reset", "--force", "--cri-socket", &s.host.cri_socket]);
     assert!(!reset.ends_with("FAILED"), "kubeadm reset:\n{reset}");
-    // kubeadm reset leaves these two empty directories behind.
+    // kubeadm reset leaves these two empty directories behind, and etcd's member directory.
     for dir in ["pki", "manifests"] {
         let _ = std::fs::remove_dir(Path::new(KUBERNETES_DIR).join(dir));
     }
+    let _ = std::fs::remove_dir_all("/var/lib/etcd/member");
     match joined {
         Ok(seconds) => println!(
             "FIGURES: kubeforge joined kubeadm's cluster as a second control plane in {seconds:.1} s"
