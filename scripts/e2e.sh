@@ -10,6 +10,9 @@
 # Optional: KUBEFORGE_E2E_VERSION (default: the kubelet's version), KUBEFORGE_E2E_IMAGE_REPOSITORY,
 # KUBEFORGE_E2E_ETCD_TAG (e.g. 3.4.23-0 for Debian's etcd packaged as an image),
 # KUBEFORGE_E2E_ADVERTISE_ADDRESS (default 192.0.2.2, added to lo).
+# The join scenarios run a second node on this host (network and mount namespaces, its own
+# containerd, started with KUBEFORGE_E2E_CONTAINERD_CONFIG or /etc/containerd/config.toml, and
+# its own kubelet): they need nsenter, unshare, containerd and ctr too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${KUBEFORGE_E2E_BIN:-}" ]; then

@@ -253,3 +253,44 @@ pub async fn remove(endpoints: &[String], tls: &Tls, id: u64) -> Result<()> {
         last.unwrap_or_default()
     )
 }
+
+/// What `leave` found.
+pub enum Left {
+    /// This node's member was removed from the cluster (its hex ID).
+    Removed(u64),
+    /// It is the cluster's only member: nothing to remove it from.
+    OnlyMember,
+    /// No member has this node's peer URL.
+    NotMember,
+}
+
+/// Takes this node's member (`peer_url`) out of the cluster, asking the member at `client_url`
+/// for the list and the other members to remove it, as `kubeadm reset` does before it deletes
+/// the data: a control-plane node reset without this leaves a dead voting member behind, and a
+/// two-member cluster without quorum.
+pub async fn leave(client_url: &str, tls: &Tls, peer_url: &str) -> Result<Left> {
+    let mut local = connect(&[client_url.to_string()], tls).await?;
+    let list = local.member_list().await?;
+    let Some(me) = list
+        .members()
+        .iter()
+        .find(|m| m.peer_urls().iter().any(|u| u == peer_url))
+    else {
+        return Ok(Left::NotMember);
+    };
+    let others: Vec<String> = list
+        .members()
+        .iter()
+        .filter(|m| m.id() != me.id())
+        .filter_map(|m| m.client_urls().first().cloned())
+        .collect();
+    if others.is_empty() {
+        return Ok(Left::OnlyMember);
+    }
+    let mut client = connect_live(&others, tls).await?;
+    client
+        .member_remove(me.id())
+        .await
+        .map_err(|e| anyhow!("removing etcd member {:x}: {e}", me.id()))?;
+    Ok(Left::Removed(me.id()))
+}

@@ -525,4 +525,21 @@ fn etcd_grows_by_learners_keeps_quorum_and_undoes_a_failed_join() {
         String::from_utf8_lossy(&health.stderr)
     );
     println!("FIGURES: a join whose etcd never started was undone after {seconds:.1} s");
+
+    // `reset` on a joined control plane takes its member out first, as kubeadm's
+    // remove-etcd-member does: the other three stay a healthy cluster.
+    let out = lab.kubeforge_ok(4, &["reset", "--force"]);
+    assert!(out.contains("Removed this node's etcd member"), "{out}");
+    let members = lab.members();
+    assert_eq!(members.len(), 3, "{members:?}");
+    assert!(
+        !members.iter().any(|(name, _)| name == "cp4"),
+        "{members:?}"
+    );
+    let health = lab.etcdctl(&["endpoint", "health", "--cluster"]);
+    assert!(
+        health.status.success(),
+        "{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
 }

@@ -112,28 +112,43 @@ pub const ETCD_JOIN: Phase = Phase {
 };
 
 /// The etcd members' client URLs, from the etcd mirror pods' kubeadm annotation.
-async fn etcd_endpoints(admin: &std::path::Path) -> Result<Vec<String>> {
+/// The etcd client URLs from the etcd mirror pods' kubeadm annotation. Like kubeadm, it asks
+/// again until `limit`: a mirror pod can be missing for a moment (the kubelet recreates it).
+async fn etcd_endpoints(
+    admin: &std::path::Path,
+    limit: std::time::Duration,
+) -> Result<Vec<String>> {
     use k8s_openapi::api::core::v1::Pod;
     let client = crate::health::client(admin, None).await?;
     let pods: kube::Api<Pod> = kube::Api::namespaced(client, "kube-system");
-    let list = pods
-        .list(&kube::api::ListParams::default().labels("component=etcd,tier=control-plane"))
-        .await?;
-    let endpoints: Vec<String> = list
-        .items
-        .iter()
-        .filter_map(|p| {
-            p.metadata
-                .annotations
-                .as_ref()?
-                .get("kubeadm.kubernetes.io/etcd.advertise-client-urls")
-                .cloned()
-        })
-        .collect();
-    if endpoints.is_empty() {
-        bail!("no etcd pod in kube-system carries the kubeadm.kubernetes.io/etcd.advertise-client-urls annotation: is etcd stacked on the control-plane nodes?");
+    let start = std::time::Instant::now();
+    loop {
+        let list = pods
+            .list(&kube::api::ListParams::default().labels("component=etcd,tier=control-plane"))
+            .await?;
+        let endpoints: Vec<String> = list
+            .items
+            .iter()
+            .filter_map(|p| {
+                p.metadata
+                    .annotations
+                    .as_ref()?
+                    .get("kubeadm.kubernetes.io/etcd.advertise-client-urls")
+                    .cloned()
+            })
+            .collect();
+        if !endpoints.is_empty() {
+            return Ok(endpoints);
+        }
+        tracing::info!(
+            "none of the {} etcd pods carries the advertise-client-urls annotation yet; asking again",
+            list.items.len()
+        );
+        if start.elapsed() > limit {
+            bail!("no etcd pod in kube-system carried the kubeadm.kubernetes.io/etcd.advertise-client-urls annotation within {limit:?}: is etcd stacked on the control-plane nodes?");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
-    Ok(endpoints)
 }
 
 fn run_etcd_join(ctx: &mut Context, _sel: &Selection) -> Result<()> {
@@ -190,7 +205,8 @@ fn run_etcd_join(ctx: &mut Context, _sel: &Selection) -> Result<()> {
     };
     let limit = ctx.cfg.init.timeouts.etcd_api_call.0;
     let runtime = crate::runtime()?;
-    let endpoints = runtime.block_on(etcd_endpoints(&ctx.layout.kubeconfig("admin.conf")))?;
+    let endpoints =
+        runtime.block_on(etcd_endpoints(&ctx.layout.kubeconfig("admin.conf"), limit))?;
     ctx.out.step(
         "etcd-join",
         &format!(

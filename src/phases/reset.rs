@@ -20,11 +20,64 @@ const LEFT_ALONE: &[(&str, &str)] = &[
     ("the kubelet's own files (pods/, pki/, checkpoints)", "the kubelet made them; they are removed with its directory only when nothing else is left"),
 ];
 
-fn etcd_data_dir(layout: &Layout) -> Option<PathBuf> {
+/// A flag of the etcd manifest on this node, e.g. `data-dir`.
+fn etcd_flag(layout: &Layout, name: &str) -> Option<String> {
     let manifest = std::fs::read_to_string(layout.manifests_dir.join("etcd.yaml")).ok()?;
+    let prefix = format!("- --{name}=");
     manifest
         .lines()
-        .find_map(|l| l.trim().strip_prefix("- --data-dir=").map(PathBuf::from))
+        .find_map(|l| l.trim().strip_prefix(prefix.as_str()).map(str::to_string))
+}
+
+/// kubeadm's `remove-etcd-member`: this node's etcd member leaves the cluster while it still
+/// runs. A failure only warns, as with kubeadm: the operator may be resetting a broken node.
+fn remove_etcd_member(layout: &Layout, out: &Output, dry_run: bool) {
+    let (Some(peer_url), Some(client_url)) = (
+        etcd_flag(layout, "initial-advertise-peer-urls"),
+        etcd_flag(layout, "advertise-client-urls"),
+    ) else {
+        return;
+    };
+    if dry_run {
+        out.step(
+            "reset",
+            &format!("Would remove this node's etcd member ({peer_url}) from the etcd cluster"),
+            json!({ "peerURL": peer_url, "dryRun": true }),
+        );
+        return;
+    }
+    let pki = layout.pki_dir.join("etcd");
+    let left = (|| {
+        let read = |f: &str| {
+            std::fs::read(pki.join(f))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", pki.join(f).display()))
+        };
+        let tls = crate::etcd::Tls {
+            ca: read("ca.crt")?,
+            cert: read("healthcheck-client.crt")?,
+            key: read("healthcheck-client.key")?,
+        };
+        crate::runtime()?.block_on(crate::etcd::leave(&client_url, &tls, &peer_url))
+    })();
+    let (text, detail) = match left {
+        Ok(crate::etcd::Left::Removed(id)) => (
+            format!("Removed this node's etcd member {id:x} ({peer_url}) from the etcd cluster"),
+            json!({ "member": format!("{id:x}"), "removed": true }),
+        ),
+        Ok(crate::etcd::Left::OnlyMember) => (
+            "This node runs the etcd cluster's only member: no member to remove".to_string(),
+            json!({ "peerURL": peer_url, "removed": false, "onlyMember": true }),
+        ),
+        Ok(crate::etcd::Left::NotMember) => (
+            format!("No etcd member has this node's peer URL {peer_url}: none to remove"),
+            json!({ "peerURL": peer_url, "removed": false }),
+        ),
+        Err(e) => (
+            format!("WARNING: could not remove this node's etcd member ({peer_url}): {e:#}; remove it from another control-plane node (etcdctl member list, etcdctl member remove <ID>)"),
+            json!({ "peerURL": peer_url, "removed": false, "warning": format!("{e:#}") }),
+        ),
+    };
+    out.step("reset", &text, detail);
 }
 
 /// Ports of the static pods, to know when the kubelet has stopped them.
@@ -75,7 +128,7 @@ pub fn run(layout: &Layout, out: Output, force: bool, dry_run: bool) -> Result<(
         Some(HostWriter::open(layout, false)?)
     };
     let entries = journal_entries(layout)?;
-    let etcd_data = etcd_data_dir(layout);
+    let etcd_data = etcd_flag(layout, "data-dir").map(PathBuf::from);
     let ports = control_plane_ports(layout);
     let verb = if dry_run { "Would remove" } else { "Removing" };
     let remove_file = |path: &Path| -> Result<()> {
@@ -102,6 +155,9 @@ pub fn run(layout: &Layout, out: Output, force: bool, dry_run: bool) -> Result<(
     let (manifests, rest): (Vec<&PathBuf>, Vec<&PathBuf>) = files
         .into_iter()
         .partition(|p| p.starts_with(&layout.manifests_dir));
+    if manifests.contains(&&layout.manifests_dir.join("etcd.yaml")) {
+        remove_etcd_member(layout, &out, dry_run);
+    }
     for path in &manifests {
         remove_file(path)?;
     }

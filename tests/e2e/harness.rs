@@ -202,21 +202,42 @@ pub struct Supervisor {
 
 impl Supervisor {
     pub fn start(host: &Host) -> Supervisor {
+        Supervisor::start_with(
+            &host.kubelet,
+            Path::new(KUBELET_DIR),
+            &[],
+            &[],
+            host.log_dir.join("kubelet.log"),
+        )
+    }
+
+    /// A kubelet whose directory the test sees at `kubelet_dir`, run through `wrap` (e.g.
+    /// nsenter into another node's namespaces) with `extra` flags.
+    pub fn start_with(
+        kubelet: &Path,
+        kubelet_dir: &Path,
+        wrap: &[String],
+        extra: &[String],
+        log: PathBuf,
+    ) -> Supervisor {
         let stop = Arc::new(AtomicBool::new(false));
         let child: Arc<Mutex<Option<Child>>> = Arc::default();
-        let log = host.log_dir.join("kubelet.log");
-        let (kubelet, log_path) = (host.kubelet.clone(), log.clone());
+        let (kubelet, log_path, dir) = (
+            kubelet.to_path_buf(),
+            log.clone(),
+            kubelet_dir.to_path_buf(),
+        );
+        let (wrap, extra) = (wrap.to_vec(), extra.to_vec());
         let (stop2, child2) = (stop.clone(), child.clone());
         let thread = std::thread::spawn(move || {
-            let config = Path::new(KUBELET_DIR).join("config.yaml");
+            let config = dir.join("config.yaml");
             while !stop2.load(Ordering::SeqCst) {
                 if !config.exists() {
                     std::thread::sleep(Duration::from_millis(100));
                     continue;
                 }
                 let flags =
-                    std::fs::read_to_string(Path::new(KUBELET_DIR).join("kubeadm-flags.env"))
-                        .unwrap_or_default();
+                    std::fs::read_to_string(dir.join("kubeadm-flags.env")).unwrap_or_default();
                 let args = flags
                     .lines()
                     .find_map(|l| l.strip_prefix("KUBELET_KUBEADM_ARGS="))
@@ -227,13 +248,22 @@ impl Supervisor {
                     .append(true)
                     .open(&log_path)
                     .unwrap();
-                let spawned = Command::new(&kubelet)
+                let mut command = match wrap.split_first() {
+                    Some((program, rest)) => {
+                        let mut c = Command::new(program);
+                        c.args(rest).arg(&kubelet);
+                        c
+                    }
+                    None => Command::new(&kubelet),
+                };
+                let spawned = command
                     .arg(format!(
                         "--bootstrap-kubeconfig={KUBERNETES_DIR}/bootstrap-kubelet.conf"
                     ))
                     .arg(format!("--kubeconfig={KUBERNETES_DIR}/kubelet.conf"))
-                    .arg(format!("--config={}", config.display()))
+                    .arg(format!("--config={KUBELET_DIR}/config.yaml"))
                     .args(args.split_whitespace())
+                    .args(&extra)
                     .stdout(out.try_clone().unwrap())
                     .stderr(out)
                     .spawn()
