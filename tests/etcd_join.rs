@@ -467,6 +467,12 @@ fn etcd_grows_by_learners_keeps_quorum_and_undoes_a_failed_join() {
         before,
         "an interrupted join changed the membership"
     );
+    // Killed right after etcd-join (cp4 promoted), then a plain re-run completes.
+    let (out, _) = join_with(&mut lab, 4, &key, &pin, true, Some("etcd-join"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("after phase etcd-join"),
+        "the fault hook did not stop the join after etcd-join"
+    );
     let (out, seconds) = join(&mut lab, 4, &key, &pin, true);
     let text = format!(
         "{}{}",
@@ -475,7 +481,8 @@ fn etcd_grows_by_learners_keeps_quorum_and_undoes_a_failed_join() {
     );
     assert!(out.status.success(), "join of cp4 with cp3 back:\n{text}");
     assert_eq!(lab.members().len(), 4);
-    println!("FIGURES: etcd join of cp4 after cp3 came back took {seconds:.1} s");
+    assert!(lab.members().iter().all(|(_, learner)| !learner));
+    println!("FIGURES: the re-run of cp4's join interrupted after etcd-join took {seconds:.1} s");
 
     // A re-run on a joined node changes no file and no membership.
     // (etcd's own data changes by itself; the files kubeforge writes must not.)

@@ -137,6 +137,36 @@ fn a_worker_joins_and_a_rerun_changes_nothing() {
     let again = worker.run_ok(&args);
     assert!(again.contains("has bootstrapped already"), "{again}");
     assert_eq!(worker.snapshot(), before, "a re-run changed files");
+
+    // Another worker's join killed at each phase boundary (KUBEFORGE_FAULT) is completed by a
+    // plain re-run.
+    let worker = Node::new();
+    let kubelet = kubelet_bootstraps(&worker, &cluster_node);
+    for phase in ["preflight", "kubelet-start"] {
+        let args: Vec<&str> = args
+            .iter()
+            .copied()
+            .filter(|a| *a != "--skip-phases" && *a != "preflight")
+            .collect();
+        let killed = worker
+            .command(&args)
+            .args(["--ignore-preflight-errors", "all"])
+            .env("KUBEFORGE_FAULT", format!("after:{phase}"))
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&killed.stderr).contains(&format!("after phase {phase}")),
+            "the fault hook did not stop the join after {phase}: {}",
+            String::from_utf8_lossy(&killed.stderr)
+        );
+    }
+    kubelet.join().unwrap();
+    let out = worker.run_ok(&args);
+    assert!(out.contains("This node has joined the cluster"), "{out}");
+    assert!(!worker
+        .kubernetes_dir()
+        .join("bootstrap-kubelet.conf")
+        .exists());
 }
 
 #[test]

@@ -84,14 +84,18 @@ etcd:
 
     /// Runs kubeforge with this node's global flags.
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
+        self.command(args).output().expect("run kubeforge")
+    }
+
+    /// kubeforge with this node's global flags, not started yet.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
             .arg("--kubernetes-dir")
             .arg(self.kubernetes_dir())
             .arg("--kubelet-dir")
-            .arg(self.root().join("var/lib/kubelet"))
-            .output()
-            .expect("run kubeforge")
+            .arg(self.root().join("var/lib/kubelet"));
+        c
     }
 
     pub fn run_ok(&self, args: &[&str]) -> String {
