@@ -111,9 +111,10 @@ pub const ETCD_JOIN: Phase = Phase {
     run: run_etcd_join,
 };
 
-/// The etcd members' client URLs, from the etcd mirror pods' kubeadm annotation.
-/// The etcd client URLs from the etcd mirror pods' kubeadm annotation. Like kubeadm, it asks
-/// again until `limit`: a mirror pod can be missing for a moment (the kubelet recreates it).
+/// The etcd members' client URLs, from the etcd mirror pods' kubeadm annotation. Like kubeadm,
+/// it asks again until `limit`: right after `kubeadm init` the etcd mirror pod can be missing for
+/// a minute and more (the kubelet's first attempt is refused before the system-node-critical
+/// PriorityClass exists, and it retries at its next resync).
 async fn etcd_endpoints(
     admin: &std::path::Path,
     limit: std::time::Duration,
