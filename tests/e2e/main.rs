@@ -551,8 +551,42 @@ fn finished(out: std::process::Output) -> (bool, String) {
     )
 }
 
+/// The arguments of node 2's control-plane join (after `join`), for kubeforge and kubeadm alike.
+fn control_plane_join_args(s: &Scenario, token: &str, hash: &str, key: &str) -> Vec<String> {
+    [
+        &format!("{}:6443", s.host.advertise_address),
+        "--token",
+        token,
+        "--discovery-token-ca-cert-hash",
+        hash,
+        "--control-plane",
+        "--certificate-key",
+        key,
+        "--apiserver-advertise-address",
+        NODE2_ADDRESS,
+        "--node-name",
+        NODE2,
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
+/// Node 1 initialized with `--upload-certs`, and its printed (token, CA hash, certificate key);
+/// None when the suite was not asked for.
+fn init_for_joins() -> Option<(Scenario, String, String, Option<String>)> {
+    if !asked_for() {
+        return None;
+    }
+    common::require_tool("etcdctl");
+    let s = Scenario::start();
+    let run = init(&s, &["--upload-certs"], &[]);
+    assert_ok(&s, &run);
+    let (token, hash, key) = printed_join(&run.text());
+    Some((s, token, hash, key))
+}
+
 /// `kubeforge join` on node 2 with `args`: (success, output, seconds).
-fn join_on(node: &Node2, args: &[&str]) -> (bool, String, f64) {
+fn join_on(node: &Node2, args: &[String]) -> (bool, String, f64) {
     let start = Instant::now();
     let (ok, text) = finished(
         node.command(harness::binary())
@@ -572,14 +606,9 @@ fn join_on(node: &Node2, args: &[&str]) -> (bool, String, f64) {
 /// on node 2 takes its etcd member out again. Then a fresh node 2 joins as a worker.
 #[test]
 fn a_second_node_joins_as_control_plane_and_as_worker() {
-    if !asked_for() {
+    let Some((s, token, hash, _)) = init_for_joins() else {
         return;
-    }
-    common::require_tool("etcdctl");
-    let s = Scenario::start();
-    let run = init(&s, &["--upload-certs"], &[]);
-    assert_ok(&s, &run);
-    let (token, hash, _) = printed_join(&run.text());
+    };
 
     // Real kubeadm uploads the certificates again, under a key of the test's (bytes 0..32, as in
     // the unit tests' vectors): what node 2 downloads and decrypts is kubeadm's encryption.
@@ -602,21 +631,7 @@ fn a_second_node_joins_as_control_plane_and_as_worker() {
         with_key.to_str().unwrap(),
     ]));
 
-    let endpoint = format!("{}:6443", s.host.advertise_address);
-    let control_plane = [
-        endpoint.as_str(),
-        "--token",
-        &token,
-        "--discovery-token-ca-cert-hash",
-        &hash,
-        "--control-plane",
-        "--certificate-key",
-        key,
-        "--apiserver-advertise-address",
-        NODE2_ADDRESS,
-        "--node-name",
-        NODE2,
-    ];
+    let control_plane = control_plane_join_args(&s, &token, &hash, key);
     let node = Node2::start(&s.host);
     let (ok, text, seconds) = join_on(&node, &control_plane);
     assert!(ok, "the control-plane join failed:\n{text}");
@@ -671,18 +686,9 @@ fn a_second_node_joins_as_control_plane_and_as_worker() {
     );
 
     let node = Node2::start(&s.host);
-    let (ok, text, worker_seconds) = join_on(
-        &node,
-        &[
-            &endpoint,
-            "--token",
-            &token,
-            "--discovery-token-ca-cert-hash",
-            &hash,
-            "--node-name",
-            NODE2,
-        ],
-    );
+    // A worker's join: the same line without the control-plane flags.
+    let worker = [&control_plane[..5], &control_plane[10..]].concat();
+    let (ok, text, worker_seconds) = join_on(&node, &worker);
     assert!(ok, "the worker join failed:\n{text}");
     let worker = kubectl_json(&s.host, &["get", "node", NODE2]);
     assert!(
@@ -728,23 +734,8 @@ fn kubeforge_joins_a_cluster_kubeadm_built() {
     let (token, hash, key) = printed_join(&init);
     let joined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let node = Node2::start(&s.host);
-        let (ok, text, seconds) = join_on(
-            &node,
-            &[
-                &format!("{}:6443", s.host.advertise_address),
-                "--token",
-                &token,
-                "--discovery-token-ca-cert-hash",
-                &hash,
-                "--control-plane",
-                "--certificate-key",
-                key.as_deref().expect("kubeadm printed a certificate key"),
-                "--apiserver-advertise-address",
-                NODE2_ADDRESS,
-                "--node-name",
-                NODE2,
-            ],
-        );
+        let key = key.as_deref().expect("kubeadm printed a certificate key");
+        let (ok, text, seconds) = join_on(&node, &control_plane_join_args(&s, &token, &hash, key));
         assert!(ok, "kubeforge's join of kubeadm's cluster failed:\n{text}");
         assert_node2_is_a_control_plane(&s, &COMPONENTS);
         let (ok, reset) = finished(
@@ -779,32 +770,21 @@ fn kubeforge_joins_a_cluster_kubeadm_built() {
 /// annotations; `kubeadm reset` on node 2 finds its etcd member through them and removes it.
 #[test]
 fn kubeadm_joins_a_cluster_kubeforge_built() {
-    if !asked_for() {
+    let Some((s, token, hash, key)) = init_for_joins() else {
         return;
-    }
-    common::require_tool("etcdctl");
-    let s = Scenario::start();
-    let run = init(&s, &["--upload-certs"], &[]);
-    assert_ok(&s, &run);
-    let (token, hash, key) = printed_join(&run.text());
+    };
     let node = Node2::start(&s.host);
     let start = Instant::now();
     let (ok, text) = finished(
         node.command(&s.host.kubeadm)
-            .args([
-                "join",
-                &format!("{}:6443", s.host.advertise_address),
-                "--token",
+            .arg("join")
+            .args(control_plane_join_args(
+                &s,
                 &token,
-                "--discovery-token-ca-cert-hash",
                 &hash,
-                "--control-plane",
-                "--certificate-key",
                 key.as_deref().expect("a certificate key printed"),
-                "--apiserver-advertise-address",
-                NODE2_ADDRESS,
-                "--node-name",
-                NODE2,
+            ))
+            .args([
                 "--cri-socket",
                 &s.host.cri_socket,
                 "--ignore-preflight-errors=all",
