@@ -27,10 +27,10 @@ const OWN_DIRS: [&str; 6] = [
 ];
 
 pub struct Node2 {
-    pub dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     holder: Child,
     containerd: Child,
-    pub kubelet: Supervisor,
+    kubelet: Supervisor,
 }
 
 fn ip(args: &[&str]) {
