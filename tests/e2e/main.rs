@@ -767,7 +767,7 @@ fn kubeforge_joins_a_cluster_kubeadm_built() {
 
 /// Real kubeadm joins the cluster kubeforge built, as a second control plane on node 2: it reads
 /// kubeforge's cluster-info, kubeadm-config, kubelet-config, kubeadm-certs and the etcd pods'
-/// annotations; `kubeadm reset` on node 2 finds its etcd member through them and removes it.
+/// annotations; `kubeadm reset phase remove-etcd-member` on node 2 finds its member through them.
 #[test]
 fn kubeadm_joins_a_cluster_kubeforge_built() {
     let Some((s, token, hash, key)) = init_for_joins() else {
