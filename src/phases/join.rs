@@ -355,7 +355,16 @@ fn run(ctx: &mut Context, sel: &Selection) -> Result<()> {
     }
     let runtime = crate::runtime()?;
     let ready = runtime.block_on(async {
-        let client = crate::health::client(&kubelet_conf, None).await?;
+        // kubelet.conf can appear a moment before the client certificate it names.
+        let client = loop {
+            match crate::health::client(&kubelet_conf, None).await {
+                Ok(client) => break client,
+                Err(_) if start.elapsed() < limit => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => bail!("the kubelet's {}: {e:#}", kubelet_conf.display()),
+            }
+        };
         let nodes: kube::Api<Node> = kube::Api::all(client);
         loop {
             match nodes.get_opt(&node).await {
