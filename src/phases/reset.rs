@@ -20,21 +20,21 @@ const LEFT_ALONE: &[(&str, &str)] = &[
     ("the kubelet's own files (pods/, pki/, checkpoints)", "the kubelet made them; they are removed with its directory only when nothing else is left"),
 ];
 
-/// A flag of the etcd manifest on this node, e.g. `data-dir`.
-fn etcd_flag(layout: &Layout, name: &str) -> Option<String> {
-    let manifest = std::fs::read_to_string(layout.manifests_dir.join("etcd.yaml")).ok()?;
-    let prefix = format!("- --{name}=");
-    manifest
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(prefix.as_str()).map(str::to_string))
+/// A flag of a static pod's command on this node, e.g. etcd's `data-dir`.
+fn manifest_flag(layout: &Layout, component: &str, name: &str) -> Option<String> {
+    let text =
+        std::fs::read_to_string(layout.manifests_dir.join(format!("{component}.yaml"))).ok()?;
+    let pod: k8s_openapi::api::core::v1::Pod = serde_yaml::from_str(&text).ok()?;
+    let command = pod.spec?.containers.into_iter().next()?.command?;
+    crate::render::flag(&command, name).map(str::to_string)
 }
 
 /// kubeadm's `remove-etcd-member`: this node's etcd member leaves the cluster while it still
 /// runs. A failure only warns, as with kubeadm: the operator may be resetting a broken node.
 fn remove_etcd_member(layout: &Layout, out: &Output, dry_run: bool) {
     let (Some(peer_url), Some(client_url)) = (
-        etcd_flag(layout, "initial-advertise-peer-urls"),
-        etcd_flag(layout, "advertise-client-urls"),
+        manifest_flag(layout, "etcd", "initial-advertise-peer-urls"),
+        manifest_flag(layout, "etcd", "advertise-client-urls"),
     ) else {
         return;
     };
@@ -83,14 +83,9 @@ fn remove_etcd_member(layout: &Layout, out: &Output, dry_run: bool) {
 /// Ports of the static pods, to know when the kubelet has stopped them.
 fn control_plane_ports(layout: &Layout) -> Vec<u16> {
     let mut ports = vec![2379, 2380, 10257, 10259];
-    if let Ok(text) = std::fs::read_to_string(layout.manifests_dir.join("kube-apiserver.yaml")) {
-        ports.extend(text.lines().find_map(|l| {
-            l.trim()
-                .strip_prefix("- --secure-port=")?
-                .parse::<u16>()
-                .ok()
-        }));
-    }
+    ports.extend(
+        manifest_flag(layout, "kube-apiserver", "secure-port").and_then(|p| p.parse::<u16>().ok()),
+    );
     ports
 }
 
@@ -128,7 +123,7 @@ pub fn run(layout: &Layout, out: Output, force: bool, dry_run: bool) -> Result<(
         Some(HostWriter::open(layout, false)?)
     };
     let entries = journal_entries(layout)?;
-    let etcd_data = etcd_flag(layout, "data-dir").map(PathBuf::from);
+    let etcd_data = manifest_flag(layout, "etcd", "data-dir").map(PathBuf::from);
     let ports = control_plane_ports(layout);
     let verb = if dry_run { "Would remove" } else { "Removing" };
     let remove_file = |path: &Path| -> Result<()> {
