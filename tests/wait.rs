@@ -249,6 +249,49 @@ fn admin_conf_forbidden_falls_back_to_super_admin_conf() {
 }
 
 #[test]
+fn the_system_priority_classes_are_created_before_the_api_server_is_live() {
+    let logs = tempfile::tempdir().unwrap();
+    let (node, ports) = node(SHORT, logs.path());
+    let api = json!({ "pods": pods(&[]), "livez": "never" });
+    let standin = stand_in(&node, &ports, api, true);
+    let (out, _) = wait(&node, false);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let created: Vec<(Value, Value, Value)> = standin
+        .requests()
+        .into_iter()
+        .filter(|r| r["method"] == "CREATED" && r["path"] == "priorityclasses")
+        .map(|r| {
+            let o = &r["object"];
+            (
+                o["metadata"]["name"].clone(),
+                o["value"].clone(),
+                r["groups"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        created,
+        vec![
+            (
+                json!("system-node-critical"),
+                json!(2000001000),
+                json!(["system:masters"])
+            ),
+            (
+                json!("system-cluster-critical"),
+                json!(2000000000),
+                json!(["system:masters"])
+            ),
+        ]
+    );
+}
+
+#[test]
 fn an_api_server_with_a_certificate_from_another_ca_is_never_trusted() {
     let logs = tempfile::tempdir().unwrap();
     let (node, ports) = node(SHORT, logs.path());

@@ -39,6 +39,9 @@ fn template(name: &str) -> &'static str {
         "addon-coredns" => include_str!("../../templates/cluster/addon-coredns.yaml.hbs"),
         "addon-kube-proxy" => include_str!("../../templates/cluster/addon-kube-proxy.yaml.hbs"),
         "cluster-admins" => include_str!("../../templates/cluster/cluster-admins.yaml.hbs"),
+        "system-priority-classes" => {
+            include_str!("../../templates/cluster/system-priority-classes.yaml.hbs")
+        }
         "upload-certs" => include_str!("../../templates/cluster/upload-certs.yaml.hbs"),
         "Corefile" => include_str!("../../templates/cluster/Corefile.hbs"),
         "kube-proxy.conf" => include_str!("../../templates/cluster/kube-proxy.conf.hbs"),
@@ -262,6 +265,10 @@ pub fn kube_proxy(cfg: &Config) -> Result<Vec<Value>> {
 
 pub fn cluster_admins() -> Result<Vec<Value>> {
     render_objects("cluster-admins", &json!({}))
+}
+
+pub fn system_priority_classes() -> Result<Vec<Value>> {
+    render_objects("system-priority-classes", &json!({}))
 }
 
 /// The TTL token Secret and the RBAC of upload-certs.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+use k8s_openapi::api::scheduling::v1::PriorityClass;
 use kube::api::PostParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
@@ -65,6 +66,23 @@ pub async fn create_cluster_admins_binding(client: &Client) -> Result<Created> {
         Err(kube::Error::Api(status)) if status.code == 403 => Ok(Created::Forbidden),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The API server's built-in `system-node-critical` and `system-cluster-critical` PriorityClasses.
+/// Already there counts as done.
+pub async fn create_system_priority_classes(client: &Client) -> Result<()> {
+    for object in crate::cluster::objects::system_priority_classes()? {
+        let class: PriorityClass = serde_json::from_value(object)?;
+        match Api::<PriorityClass>::all(client.clone())
+            .create(&PostParams::default(), &class)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// What a mirror pod says about its component.

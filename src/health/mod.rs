@@ -323,6 +323,14 @@ async fn wait(cfg: &Config, layout: &Layout, out: Output) -> Result<()> {
         })
         .ok_or_else(|| anyhow!("no kube-apiserver manifest to wait for"))?;
     let admin = api::local_client(&admin_conf, &server).await?;
+    let classes_as = if super_admin_conf.exists() {
+        &super_admin_conf
+    } else {
+        &admin_conf
+    };
+    let _early_classes = AbortOnDrop(tokio::spawn(create_priority_classes_early(
+        api::local_client(classes_as, &server).await?,
+    )));
     let log_dir = pod_logs_dir(cfg);
     let pull_never = cfg.init.node_registration.image_pull_policy == "Never";
     let mut runtime = None;
@@ -477,6 +485,40 @@ async fn wait(cfg: &Config, layout: &Layout, out: Output) -> Result<()> {
             let names: Vec<&str> = failing.iter().map(|c| c.name.as_str()).collect();
             bail!("the control plane did not come up: {}", names.join(", "));
         }
+    }
+}
+
+/// Creates the API server's built-in PriorityClasses the moment it takes requests. The kubelet
+/// creates its mirror pods within 0.1 s of its Node registering; the API server's own hook makes
+/// these classes a second after it starts serving, so without this every mirror pod is refused
+/// ("no PriorityClass with name system-node-critical") and asked for again only at that pod's
+/// next sync (its startup probe passing, or the kubelet's one-minute resync). Until the API
+/// server listens each try is refused at once; then a try waits inside the API server until it
+/// serves, and is answered together with the kubelet's registration — usually just before it.
+async fn create_priority_classes_early(client: kube::Client) {
+    loop {
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            api::create_system_priority_classes(&client),
+        )
+        .await
+        {
+            Ok(Ok(())) => {
+                tracing::debug!("the system PriorityClasses are in place");
+                return;
+            }
+            Ok(Err(e)) => tracing::debug!("creating the system PriorityClasses: {e:#}"),
+            Err(_) => tracing::debug!("creating the system PriorityClasses: no answer in 10 s"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -149,10 +149,11 @@ fn bracket(addr: &str) -> String {
 /// Startup probes. kubeadm waits 10 s and then probes every 10 s (failureThreshold 24: the 4 min
 /// controlPlaneComponentHealthCheck budget), so a component is Ready 10–20 s after it starts.
 /// kubeforge probes every second (failureThreshold 240: the same budget) after 6 s. Not earlier:
-/// the first successful startup probe is what makes the kubelet sync the pod and create its
-/// mirror pod, and a mirror pod created before the API server has made the system-node-critical
-/// PriorityClass is refused and retried only at the kubelet's next resync, a minute later. The
-/// API server answers about 5 s after its container starts on a 2-core VM.
+/// wait-control-plane creates the system-node-critical PriorityClass as the API server starts
+/// serving, and when the kubelet's first mirror pods beat it they are refused and asked for
+/// again at the pod's next sync — the first successful startup probe, which must come after the
+/// class exists, or the kubelet's next resync, a minute later. The API server answers about 3–4 s
+/// after its container starts on a 2-core VM, and makes the class itself a second later.
 const STARTUP_PROBE_DELAY: u64 = 6;
 const STARTUP_PROBE_PERIOD: u64 = 1;
 

@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, urlparse
 
 CONFIG = json.load(open(sys.argv[1]))
 START = time.time()
-LOCK = threading.Lock()
+LOCK = threading.RLock()  # log() is also called with it held
 STORE = {}  # (resource, namespace, name) -> object
 VERSION = [1]
 
@@ -240,6 +240,7 @@ class Api(BaseHTTPRequestHandler):
                 return self.status(409, "AlreadyExists", f"{resource} already exists")
             obj["metadata"].update(uid=str(uuid.uuid4()), resourceVersion=next_version())
             STORE[key] = obj
+            log({"method": "CREATED", "path": resource, "object": obj, "groups": groups})
             sign_cluster_info()
             return self.send(201, obj)
         if self.command == "DELETE":
