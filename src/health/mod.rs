@@ -329,7 +329,8 @@ async fn wait(cfg: &Config, layout: &Layout, out: Output) -> Result<()> {
         &admin_conf
     };
     let _early_classes = AbortOnDrop(tokio::spawn(create_priority_classes_early(
-        api::local_client(classes_as, &server).await?,
+        classes_as.clone(),
+        server.clone(),
     )));
     let log_dir = pod_logs_dir(cfg);
     let pull_never = cfg.init.node_registration.image_pull_policy == "Never";
@@ -495,7 +496,15 @@ async fn wait(cfg: &Config, layout: &Layout, out: Output) -> Result<()> {
 /// next sync (its startup probe passing, or the kubelet's one-minute resync). Until the API
 /// server listens each try is refused at once; then a try waits inside the API server until it
 /// serves, and is answered together with the kubelet's registration — usually just before it.
-async fn create_priority_classes_early(client: kube::Client) {
+/// Only a speed-up: without it the API server makes the classes itself, so it never fails the wait.
+async fn create_priority_classes_early(kubeconfig: PathBuf, server: String) {
+    let client = match api::local_client(&kubeconfig, &server).await {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::debug!("creating the system PriorityClasses: {e:#}");
+            return;
+        }
+    };
     loop {
         match tokio::time::timeout(
             Duration::from_secs(10),
