@@ -16,6 +16,22 @@ pub struct Tls {
     pub key: Vec<u8>,
 }
 
+impl Tls {
+    /// The healthcheck-client identity under `etcd_pki` (certificatesDir/etcd), as kubeadm uses
+    /// it for membership calls.
+    pub fn healthcheck_client(etcd_pki: &std::path::Path) -> Result<Tls> {
+        let read = |f: &str| {
+            std::fs::read(etcd_pki.join(f))
+                .map_err(|e| anyhow!("{}: {e}", etcd_pki.join(f).display()))
+        };
+        Ok(Tls {
+            ca: read("ca.crt")?,
+            cert: read("healthcheck-client.crt")?,
+            key: read("healthcheck-client.key")?,
+        })
+    }
+}
+
 async fn connect(endpoints: &[String], tls: &Tls) -> Result<Client> {
     let options = ConnectOptions::new()
         .with_tls(

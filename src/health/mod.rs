@@ -89,12 +89,8 @@ fn components(layout: &Layout, node: &str) -> Result<Vec<Component>> {
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
-        let pod: Pod = serde_yaml::from_str(&text)
+        let container = crate::render::first_container(&text)
             .with_context(|| format!("reading the manifest {}", path.display()))?;
-        let container = pod
-            .spec
-            .and_then(|s| s.containers.into_iter().next())
-            .ok_or_else(|| anyhow!("{}: no container", path.display()))?;
         let command = container.command.unwrap_or_default();
         let health = match name {
             "kube-apiserver" => Some(Health::ApiServer {

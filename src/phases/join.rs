@@ -173,11 +173,8 @@ fn run_etcd_join(ctx: &mut Context, _sel: &Selection) -> Result<()> {
         ctx.templates.as_deref(),
     )?;
     // The URLs from the rendered manifest: one source for them, patches included.
-    let pod: k8s_openapi::api::core::v1::Pod = serde_yaml::from_str(&rendered)?;
-    let command = pod
-        .spec
-        .and_then(|s| s.containers.into_iter().next())
-        .and_then(|c| c.command)
+    let command = crate::render::first_container(&rendered)?
+        .command
         .unwrap_or_default();
     let flag = |name| crate::render::flag(&command, name).map(str::to_string);
     let (Some(peer_url), Some(client_url)) = (
@@ -195,15 +192,7 @@ fn run_etcd_join(ctx: &mut Context, _sel: &Selection) -> Result<()> {
         );
         return Ok(());
     }
-    let pki = ctx.layout.pki_dir.join("etcd");
-    let read = |f: &str| {
-        std::fs::read(pki.join(f)).map_err(|e| anyhow::anyhow!("{}: {e}", pki.join(f).display()))
-    };
-    let tls = etcd::Tls {
-        ca: read("ca.crt")?,
-        cert: read("healthcheck-client.crt")?,
-        key: read("healthcheck-client.key")?,
-    };
+    let tls = etcd::Tls::healthcheck_client(&ctx.layout.pki_dir.join("etcd"))?;
     let limit = ctx.cfg.init.timeouts.etcd_api_call.0;
     let runtime = crate::runtime()?;
     let endpoints =

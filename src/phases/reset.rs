@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::host::{journal_entries, HostWriter, Layout};
 use crate::output::Output;
+use crate::render::flag;
 use crate::BadInput;
 
 /// What reset never touches, and why.
@@ -20,21 +21,20 @@ const LEFT_ALONE: &[(&str, &str)] = &[
     ("the kubelet's own files (pods/, pki/, checkpoints)", "the kubelet made them; they are removed with its directory only when nothing else is left"),
 ];
 
-/// A flag of a static pod's command on this node, e.g. etcd's `data-dir`.
-fn manifest_flag(layout: &Layout, component: &str, name: &str) -> Option<String> {
-    let text =
-        std::fs::read_to_string(layout.manifests_dir.join(format!("{component}.yaml"))).ok()?;
-    let pod: k8s_openapi::api::core::v1::Pod = serde_yaml::from_str(&text).ok()?;
-    let command = pod.spec?.containers.into_iter().next()?.command?;
-    crate::render::flag(&command, name).map(str::to_string)
+/// The command of a static pod on this node (empty when its manifest is gone or unreadable).
+fn manifest_command(layout: &Layout, component: &str) -> Vec<String> {
+    std::fs::read_to_string(layout.manifests_dir.join(format!("{component}.yaml")))
+        .ok()
+        .and_then(|text| crate::render::first_container(&text).ok()?.command)
+        .unwrap_or_default()
 }
 
 /// kubeadm's `remove-etcd-member`: this node's etcd member leaves the cluster while it still
 /// runs. A failure only warns, as with kubeadm: the operator may be resetting a broken node.
-fn remove_etcd_member(layout: &Layout, out: &Output, dry_run: bool) {
+fn remove_etcd_member(etcd_command: &[String], layout: &Layout, out: &Output, dry_run: bool) {
     let (Some(peer_url), Some(client_url)) = (
-        manifest_flag(layout, "etcd", "initial-advertise-peer-urls"),
-        manifest_flag(layout, "etcd", "advertise-client-urls"),
+        flag(etcd_command, "initial-advertise-peer-urls"),
+        flag(etcd_command, "advertise-client-urls"),
     ) else {
         return;
     };
@@ -46,19 +46,8 @@ fn remove_etcd_member(layout: &Layout, out: &Output, dry_run: bool) {
         );
         return;
     }
-    let pki = layout.pki_dir.join("etcd");
-    let left = (|| {
-        let read = |f: &str| {
-            std::fs::read(pki.join(f))
-                .map_err(|e| anyhow::anyhow!("{}: {e}", pki.join(f).display()))
-        };
-        let tls = crate::etcd::Tls {
-            ca: read("ca.crt")?,
-            cert: read("healthcheck-client.crt")?,
-            key: read("healthcheck-client.key")?,
-        };
-        crate::runtime()?.block_on(crate::etcd::leave(&client_url, &tls, &peer_url))
-    })();
+    let left = crate::etcd::Tls::healthcheck_client(&layout.pki_dir.join("etcd"))
+        .and_then(|tls| crate::runtime()?.block_on(crate::etcd::leave(client_url, &tls, peer_url)));
     let (text, detail) = match left {
         Ok(crate::etcd::Left::Removed(id)) => (
             format!("Removed this node's etcd member {id:x} ({peer_url}) from the etcd cluster"),
@@ -83,9 +72,8 @@ fn remove_etcd_member(layout: &Layout, out: &Output, dry_run: bool) {
 /// Ports of the static pods, to know when the kubelet has stopped them.
 fn control_plane_ports(layout: &Layout) -> Vec<u16> {
     let mut ports = vec![2379, 2380, 10257, 10259];
-    ports.extend(
-        manifest_flag(layout, "kube-apiserver", "secure-port").and_then(|p| p.parse::<u16>().ok()),
-    );
+    let command = manifest_command(layout, "kube-apiserver");
+    ports.extend(flag(&command, "secure-port").and_then(|p| p.parse::<u16>().ok()));
     ports
 }
 
@@ -123,7 +111,8 @@ pub fn run(layout: &Layout, out: Output, force: bool, dry_run: bool) -> Result<(
         Some(HostWriter::open(layout, false)?)
     };
     let entries = journal_entries(layout)?;
-    let etcd_data = manifest_flag(layout, "etcd", "data-dir").map(PathBuf::from);
+    let etcd_command = manifest_command(layout, "etcd");
+    let etcd_data = flag(&etcd_command, "data-dir").map(PathBuf::from);
     let ports = control_plane_ports(layout);
     let verb = if dry_run { "Would remove" } else { "Removing" };
     let remove_file = |path: &Path| -> Result<()> {
@@ -151,7 +140,7 @@ pub fn run(layout: &Layout, out: Output, force: bool, dry_run: bool) -> Result<(
         .into_iter()
         .partition(|p| p.starts_with(&layout.manifests_dir));
     if manifests.contains(&&layout.manifests_dir.join("etcd.yaml")) {
-        remove_etcd_member(layout, &out, dry_run);
+        remove_etcd_member(&etcd_command, layout, &out, dry_run);
     }
     for path in &manifests {
         remove_file(path)?;

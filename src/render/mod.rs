@@ -324,6 +324,14 @@ fn data(cfg: &Config, layout: &Layout, component: &str) -> Result<Value> {
     })
 }
 
+/// The first (only) container of a static pod manifest.
+pub fn first_container(manifest: &str) -> Result<k8s_openapi::api::core::v1::Container> {
+    let pod: Pod = serde_yaml::from_str(manifest)?;
+    pod.spec
+        .and_then(|s| s.containers.into_iter().next())
+        .ok_or_else(|| anyhow!("no container"))
+}
+
 /// The value of `--<name>=` in a manifest's command.
 pub fn flag<'a>(command: &'a [String], name: &str) -> Option<&'a str> {
     let prefix = format!("--{name}=");
