@@ -1,7 +1,7 @@
 //! The whole PKI as an operator runs it: two `kubeforge` processes (`init phase certs all`, then
 //! `init phase kubeconfig all`) into a fresh node directory, for RSA-2048 and ECDSA-P256.
 //! Peak RSS is not measured here (a child's max RSS includes the bench process's pages until
-//! exec); the README's figure comes from GNU time around the same two commands.
+//! exec); docs/figures.md's figure comes from GNU time around the same two commands.
 //!
 //! cargo bench --bench pki
 

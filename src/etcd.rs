@@ -80,6 +80,43 @@ fn host_port(url: &str) -> Option<String> {
     Some(rest.split('/').next()?.to_string())
 }
 
+/// The etcd members' client URLs, from the etcd mirror pods' kubeadm annotation. Like kubeadm,
+/// it asks again until `limit`: right after `kubeadm init` the etcd mirror pod can be missing for
+/// a minute and more (the kubelet's first attempt is refused before the system-node-critical
+/// PriorityClass exists, and it retries at its next resync).
+pub async fn endpoints_from_pods(client: &kube::Client, limit: Duration) -> Result<Vec<String>> {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: kube::Api<Pod> = kube::Api::namespaced(client.clone(), "kube-system");
+    let start = Instant::now();
+    loop {
+        let list = pods
+            .list(&kube::api::ListParams::default().labels("component=etcd,tier=control-plane"))
+            .await?;
+        let endpoints: Vec<String> = list
+            .items
+            .iter()
+            .filter_map(|p| {
+                p.metadata
+                    .annotations
+                    .as_ref()?
+                    .get("kubeadm.kubernetes.io/etcd.advertise-client-urls")
+                    .cloned()
+            })
+            .collect();
+        if !endpoints.is_empty() {
+            return Ok(endpoints);
+        }
+        tracing::info!(
+            "none of the {} etcd pods carries the advertise-client-urls annotation yet; asking again",
+            list.items.len()
+        );
+        if start.elapsed() > limit {
+            bail!("no etcd pod in kube-system carried the kubeadm.kubernetes.io/etcd.advertise-client-urls annotation within {limit:?}: is etcd stacked on the control-plane nodes?");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// What `add_learner` did.
 pub struct Added {
     pub id: u64,
@@ -89,49 +126,46 @@ pub struct Added {
     pub voting: bool,
 }
 
-/// Checks quorum and reachability, then adds this node (`name`, `peer_url`) as a learner; a
-/// member with the same peer URL is taken as this node's from an earlier run.
-pub async fn add_learner(
-    endpoints: &[String],
-    tls: &Tls,
-    name: &str,
-    peer_url: &str,
-    limit: Duration,
-) -> Result<Added> {
-    let mut client = connect_live(endpoints, tls).await?;
-    let list = client.member_list().await?;
-    let members = list.members();
-    let initial = |members: &[etcd_client::Member], ours: u64| {
-        members
-            .iter()
-            .filter_map(|m| {
-                let url = m.peer_urls().first()?;
-                let n = if m.id() == ours {
-                    name.to_string()
-                } else if m.name().is_empty() {
-                    format!("{:x}", m.id())
-                } else {
-                    m.name().to_string()
-                };
-                Some(format!("{n}={url}"))
-            })
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    if let Some(me) = members
+/// `--initial-cluster` for a new member: every member by name (unnamed ones, which have not
+/// started yet, by hex ID), member `ours` named `name`.
+fn initial_cluster(members: &[etcd_client::Member], ours: u64, name: &str) -> String {
+    members
         .iter()
-        .find(|m| m.peer_urls().iter().any(|u| u == peer_url))
-    {
-        return Ok(Added {
-            id: me.id(),
-            initial_cluster: initial(members, me.id()),
-            voting: !me.is_learner(),
-        });
-    }
+        .filter_map(|m| {
+            let url = m.peer_urls().first()?;
+            let n = if m.id() == ours {
+                name.to_string()
+            } else if m.name().is_empty() {
+                format!("{:x}", m.id())
+            } else {
+                m.name().to_string()
+            };
+            Some(format!("{n}={url}"))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
 
-    let voting: Vec<_> = members.iter().filter(|m| !m.is_learner()).collect();
+/// `name (peer URL)` of a member, for messages.
+fn describe(m: &etcd_client::Member) -> String {
+    let name = if m.name().is_empty() {
+        "unnamed"
+    } else {
+        m.name()
+    };
+    format!(
+        "{name} ({})",
+        m.peer_urls().first().map_or("", String::as_str)
+    )
+}
+
+/// The voting members that answer; an error unless they are a quorum.
+async fn healthy_quorum<'m>(
+    voting: &[&'m etcd_client::Member],
+    tls: &Tls,
+) -> Result<Vec<&'m etcd_client::Member>> {
     let mut healthy = Vec::new();
-    for m in &voting {
+    for m in voting {
         if let Some(url) = m.client_urls().first() {
             if answers(url, tls).await {
                 healthy.push(*m);
@@ -146,10 +180,18 @@ pub async fn add_learner(
             voting.len()
         );
     }
-    // The new member must be able to talk to the others, and its peer address must be this
-    // host's and free.
+    Ok(healthy)
+}
+
+/// The new member must be able to talk to a quorum of the others, and its peer address must be
+/// this host's and free.
+async fn check_reachable(
+    healthy: &[&etcd_client::Member],
+    quorum: usize,
+    peer_url: &str,
+) -> Result<()> {
     let mut reachable = 0;
-    for m in &healthy {
+    for m in healthy {
         if let Some(addr) = m.peer_urls().first().and_then(|u| host_port(u)) {
             let connect = tokio::net::TcpStream::connect(addr.clone());
             if tokio::time::timeout(Duration::from_secs(2), connect)
@@ -169,33 +211,32 @@ pub async fn add_learner(
     if let Err(e) = std::net::TcpListener::bind(&own) {
         bail!("this node cannot listen on its etcd peer address {own}: {e}");
     }
+    Ok(())
+}
 
-    // etcd refuses a new member, learner or not, unless every voting member has been connected
-    // for 5 s (its strict reconfiguration check, on in kubeadm's manifests). Right after the
-    // previous join's promotion that passes in seconds: retry. With a voting member down it
-    // cannot pass: say which, at once.
-    let down: Vec<String> = voting
-        .iter()
-        .filter(|m| !healthy.iter().any(|h| h.id() == m.id()))
-        .map(|m| {
-            format!(
-                "{} ({})",
-                if m.name().is_empty() {
-                    "unnamed"
-                } else {
-                    m.name()
-                },
-                m.peer_urls().first().map_or("", String::as_str)
-            )
-        })
-        .collect();
+/// Adds `peer_url` as a learner. etcd refuses a new member, learner or not, unless every voting
+/// member has been connected for 5 s (its strict reconfiguration check, on in kubeadm's
+/// manifests). Right after the previous join's promotion that passes in seconds: retry. With a
+/// voting member `down` it cannot pass: say which, at once.
+async fn add_as_learner(
+    client: &mut Client,
+    peer_url: &str,
+    name: &str,
+    down: &[String],
+    limit: Duration,
+) -> Result<u64> {
     let start = Instant::now();
-    let added = loop {
+    loop {
         match client
             .member_add([peer_url], Some(MemberAddOptions::new().with_is_learner()))
             .await
         {
-            Ok(added) => break added,
+            Ok(added) => {
+                return added
+                    .member()
+                    .map(|m| m.id())
+                    .ok_or_else(|| anyhow!("etcd did not return the added member"))
+            }
             Err(e) if e.to_string().contains("unhealthy cluster") && !down.is_empty() => {
                 bail!("etcd accepts no new member while a voting member is unreachable (its strict reconfiguration check), and {} does not answer; a quorum is up, so the cluster works, but bring that member back or remove it (etcdctl member remove) before joining", down.join(", "));
             }
@@ -205,15 +246,44 @@ pub async fn add_learner(
             }
             Err(e) => bail!("adding {name} ({peer_url}) to etcd as a learner: {e}"),
         }
-    };
-    let id = added
-        .member()
-        .ok_or_else(|| anyhow!("etcd did not return the added member"))?
-        .id();
+    }
+}
+
+/// Checks quorum and reachability, then adds this node (`name`, `peer_url`) as a learner; a
+/// member with the same peer URL is taken as this node's from an earlier run.
+pub async fn add_learner(
+    endpoints: &[String],
+    tls: &Tls,
+    name: &str,
+    peer_url: &str,
+    limit: Duration,
+) -> Result<Added> {
+    let mut client = connect_live(endpoints, tls).await?;
+    let list = client.member_list().await?;
+    let members = list.members();
+    if let Some(me) = members
+        .iter()
+        .find(|m| m.peer_urls().iter().any(|u| u == peer_url))
+    {
+        return Ok(Added {
+            id: me.id(),
+            initial_cluster: initial_cluster(members, me.id(), name),
+            voting: !me.is_learner(),
+        });
+    }
+    let voting: Vec<_> = members.iter().filter(|m| !m.is_learner()).collect();
+    let healthy = healthy_quorum(&voting, tls).await?;
+    check_reachable(&healthy, voting.len() / 2 + 1, peer_url).await?;
+    let down: Vec<String> = voting
+        .iter()
+        .filter(|m| !healthy.iter().any(|h| h.id() == m.id()))
+        .map(|m| describe(m))
+        .collect();
+    let id = add_as_learner(&mut client, peer_url, name, &down, limit).await?;
     let after = client.member_list().await?;
     Ok(Added {
         id,
-        initial_cluster: initial(after.members(), id),
+        initial_cluster: initial_cluster(after.members(), id, name),
         voting: false,
     })
 }

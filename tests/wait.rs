@@ -159,7 +159,7 @@ fn mirror_pods_are_followed_through_a_watch_one_event_per_change() {
         String::from_utf8_lossy(&out.stderr)
     );
     // From the watch event that made the last pod Ready to kubeforge having reported it and
-    // exited (an upper bound of the reaction): a figure for the README, not a timed assertion.
+    // exited (an upper bound of the reaction): a figure for docs/figures.md, not a timed assertion.
     let exited = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

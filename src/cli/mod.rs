@@ -1,9 +1,57 @@
-//! Command-line definitions only (clap derive), with kubeadm's verbs and flag names.
+//! The command line (clap derive), with kubeadm's verbs and flag names, and its mapping onto the
+//! workflows' and domain modules' options (`dispatch`).
+
+pub mod dispatch;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
+use crate::config::{join::JoinOptions, Flag, Overrides};
 use crate::output::Format;
+use crate::workflow;
+
+/// Logs on stderr: `-v` info, `-vv` debug. The client libraries (kube, hyper, tonic) log every
+/// refused connection while the control plane starts; the wait reports what matters, so their
+/// logs show only from `-vvv`.
+pub fn init_logging(verbose: u8) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let level = match verbose {
+        0 => LevelFilter::WARN,
+        1 => LevelFilter::INFO,
+        _ => LevelFilter::DEBUG,
+    };
+    let libraries = if verbose >= 3 {
+        LevelFilter::DEBUG
+    } else {
+        LevelFilter::OFF
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(LevelFilter::DEBUG)
+        .with_target(false)
+        .finish()
+        .with(
+            Targets::new()
+                .with_default(libraries)
+                .with_target("kubeforge", level),
+        )
+        .init();
+}
+
+fn init_phase_names() -> Vec<String> {
+    workflow::init::phases()
+        .into_iter()
+        .map(|p| p.name)
+        .collect()
+}
+
+fn join_phase_names() -> Vec<String> {
+    workflow::join::phases()
+        .into_iter()
+        .map(|p| p.name)
+        .collect()
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -94,10 +142,10 @@ pub struct InitArgs {
 #[derive(Debug, Subcommand)]
 pub enum InitSubcommand {
     /// Run one phase of the init workflow.
-    #[command(after_help = crate::phases::help_table(crate::phases::INIT))]
+    #[command(after_help = workflow::help_table(&workflow::init::phases()))]
     Phase {
         /// The phase to run.
-        #[arg(value_parser = clap::builder::PossibleValuesParser::new(crate::phases::INIT.iter().map(|p| p.name)))]
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(init_phase_names()))]
         name: String,
         /// The sub-phase (default: all).
         sub: Option<String>,
@@ -171,6 +219,42 @@ pub struct InitFlags {
     pub templates: Option<std::path::PathBuf>,
 }
 
+impl InitFlags {
+    /// The flags as the config loader takes them.
+    pub fn overrides(&self) -> Overrides {
+        let port = self.apiserver_bind_port.map(|p| p.to_string());
+        let given = [
+            (Flag::KubernetesVersion, &self.kubernetes_version),
+            (
+                Flag::ApiserverAdvertiseAddress,
+                &self.apiserver_advertise_address,
+            ),
+            (Flag::ApiserverBindPort, &port),
+            (Flag::ControlPlaneEndpoint, &self.control_plane_endpoint),
+            (Flag::PodNetworkCidr, &self.pod_network_cidr),
+            (Flag::ServiceCidr, &self.service_cidr),
+            (Flag::ServiceDnsDomain, &self.service_dns_domain),
+            (Flag::NodeName, &self.node_name),
+            (Flag::CertDir, &self.cert_dir),
+            (Flag::ImageRepository, &self.image_repository),
+            (Flag::CertificateKey, &self.certificate_key),
+            (Flag::Token, &self.token),
+            (Flag::TokenTtl, &self.token_ttl),
+            (Flag::Patches, &self.patches),
+        ];
+        Overrides {
+            set: given
+                .into_iter()
+                .filter_map(|(flag, value)| value.clone().map(|v| (flag, v)))
+                .collect(),
+            upload_certs: self.upload_certs,
+            skip_phases: self.skip_phases.clone(),
+            ignore_preflight_errors: self.ignore_preflight_errors.clone(),
+            dry_run: self.dry_run,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct JoinArgs {
@@ -183,10 +267,10 @@ pub struct JoinArgs {
 #[derive(Debug, Subcommand)]
 pub enum JoinSubcommand {
     /// Run one phase of the join workflow.
-    #[command(after_help = crate::phases::help_table(crate::phases::JOIN))]
+    #[command(after_help = workflow::help_table(&workflow::join::phases()))]
     Phase {
         /// The phase to run.
-        #[arg(value_parser = clap::builder::PossibleValuesParser::new(crate::phases::JOIN.iter().map(|p| p.name)))]
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(join_phase_names()))]
         name: String,
         #[command(flatten)]
         flags: JoinFlags,
@@ -241,6 +325,29 @@ pub struct JoinFlags {
     /// Do not change the node: write everything into a temporary directory.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+impl From<JoinFlags> for JoinOptions {
+    fn from(f: JoinFlags) -> JoinOptions {
+        JoinOptions {
+            config: f.config,
+            endpoint: f.endpoint,
+            token: f.token,
+            discovery_token_ca_cert_hash: f.discovery_token_ca_cert_hash,
+            discovery_token_unsafe_skip_ca_verification: f
+                .discovery_token_unsafe_skip_ca_verification,
+            discovery_file: f.discovery_file,
+            node_name: f.node_name,
+            cri_socket: f.cri_socket,
+            control_plane: f.control_plane,
+            certificate_key: f.certificate_key,
+            apiserver_advertise_address: f.apiserver_advertise_address,
+            apiserver_bind_port: f.apiserver_bind_port,
+            skip_phases: f.skip_phases,
+            ignore_preflight_errors: f.ignore_preflight_errors,
+            dry_run: f.dry_run,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -352,4 +459,20 @@ pub struct TokenCreate {
     /// Where the certificates to upload are (default: the cluster's certificatesDir).
     #[arg(long, value_name = "DIR")]
     pub cert_dir: Option<PathBuf>,
+}
+
+impl From<TokenCreate> for crate::cluster::tokens::CreateRequest {
+    fn from(t: TokenCreate) -> Self {
+        crate::cluster::tokens::CreateRequest {
+            token: t.token,
+            ttl: t.ttl,
+            usages: t.usages,
+            groups: t.groups,
+            description: t.description,
+            print_join_command: t.print_join_command,
+            certificate_key: t.certificate_key,
+            upload_certs: t.upload_certs,
+            cert_dir: t.cert_dir,
+        }
+    }
 }

@@ -6,20 +6,20 @@ use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::ByteString;
 use kube::api::Api;
 use rand::Rng;
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::apply::{self, Applied};
 use super::objects::{self, TokenSecret};
-use super::token::Token;
+use crate::config::{CertificateKey, Token};
+use crate::kube::apply::{self, Applied, Object};
 
 /// How long uploaded certificates stay readable (kubeadm: 2 h).
 const TTL: Duration = Duration::from_secs(2 * 3600);
@@ -28,18 +28,18 @@ const TTL: Duration = Duration::from_secs(2 * 3600);
 /// read the certificates, then `kubeadm-certs` itself, owned by that token Secret so that the
 /// garbage collector deletes it when the token expires.
 pub struct Upload {
-    pub rest: Vec<Value>,
-    pub certs: Value,
+    pub rest: Vec<Object>,
+    pub certs: Secret,
     owner: String,
 }
 
 /// `files`: (data key, file content; empty = absent, as kubeadm uploads an external CA's key).
 pub fn upload_objects(
     files: &[(String, Vec<u8>)],
-    key: &[u8; 32],
+    key: &CertificateKey,
     now: OffsetDateTime,
 ) -> Result<Upload> {
-    let data: serde_json::Map<String, Value> = files
+    let data: BTreeMap<String, ByteString> = files
         .iter()
         .map(|(name, plain)| {
             let value = if plain.is_empty() {
@@ -47,7 +47,7 @@ pub fn upload_objects(
             } else {
                 encrypt(key, plain)
             };
-            (name.clone(), json!(STANDARD.encode(value)))
+            (name.clone(), ByteString(value))
         })
         .collect();
     let ttl_token = Token::generate();
@@ -61,14 +61,26 @@ pub fn upload_objects(
     })?;
     Ok(Upload {
         rest,
-        certs: json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": { "name": "kubeadm-certs", "namespace": "kube-system" },
-            "data": data,
-        }),
+        certs: Secret {
+            metadata: ObjectMeta {
+                name: Some("kubeadm-certs".into()),
+                namespace: Some("kube-system".into()),
+                ..Default::default()
+            },
+            data: Some(data),
+            ..Default::default()
+        },
         owner: format!("bootstrap-token-{}", ttl_token.id()),
     })
+}
+
+impl Upload {
+    /// Every object of the upload: `rest`, then `certs`.
+    pub fn all(&self) -> Vec<Object> {
+        let mut all = self.rest.clone();
+        all.push(Object::Secret(self.certs.clone()));
+        all
+    }
 }
 
 /// Applies an upload; results in the order of `rest`, then `certs`.
@@ -81,15 +93,15 @@ pub async fn upload(
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "kube-system");
     let owner = secrets.get(&upload.owner).await?;
     let mut certs = upload.certs.clone();
-    certs["metadata"]["ownerReferences"] = json!([{
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "name": upload.owner,
-        "uid": owner.metadata.uid.unwrap_or_default(),
-        "controller": true,
-        "blockOwnerDeletion": true,
+    certs.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "v1".into(),
+        kind: "Secret".into(),
+        name: upload.owner.clone(),
+        uid: owner.metadata.uid.unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
     }]);
-    results.push(apply::apply(client, &certs, limit).await?);
+    results.push(Object::Secret(certs).apply(client, limit).await?);
     Ok(results)
 }
 
@@ -121,20 +133,11 @@ pub fn files(pki: &Path, external: Option<&crate::config::ExternalEtcd>) -> Vec<
     list
 }
 
-/// The 32-byte key from its 64 hex characters; the error never repeats the key.
-pub fn parse_key(hex_key: &str) -> Result<[u8; 32]> {
-    let bytes = hex::decode(hex_key.trim())
-        .map_err(|_| anyhow!("the certificate key is not hexadecimal (64 characters expected)"))?;
-    bytes
-        .try_into()
-        .map_err(|_| anyhow!("the certificate key must be 32 bytes (64 hex characters)"))
+fn sealing_key(key: &CertificateKey) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key.bytes()).expect("a 32-byte AES-256 key"))
 }
 
-fn sealing_key(key: &[u8; 32]) -> LessSafeKey {
-    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("a 32-byte AES-256 key"))
-}
-
-pub fn encrypt(key: &[u8; 32], plaintext: &[u8]) -> Vec<u8> {
+pub fn encrypt(key: &CertificateKey, plaintext: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; NONCE_LEN];
     rand::rng().fill(&mut nonce);
     let mut sealed = plaintext.to_vec();
@@ -150,7 +153,7 @@ pub fn encrypt(key: &[u8; 32], plaintext: &[u8]) -> Vec<u8> {
     out
 }
 
-pub fn decrypt(key: &[u8; 32], data: &[u8]) -> Result<Vec<u8>> {
+pub fn decrypt(key: &CertificateKey, data: &[u8]) -> Result<Vec<u8>> {
     if data.len() < NONCE_LEN {
         bail!("an encrypted kubeadm-certs value is too short");
     }
@@ -165,20 +168,47 @@ pub fn decrypt(key: &[u8; 32], data: &[u8]) -> Result<Vec<u8>> {
     Ok(plain.to_vec())
 }
 
+/// `kube-system/kubeadm-certs` read with `client` (a joining node's bootstrap token) and
+/// decrypted with `key`: every value is decrypted before any is returned, so a wrong key writes
+/// nothing.
+pub async fn download(
+    client: kube::Client,
+    key: &CertificateKey,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let secrets: Api<Secret> = Api::namespaced(client, "kube-system");
+    let Some(secret) = secrets.get_opt("kubeadm-certs").await? else {
+        bail!("kube-system/kubeadm-certs does not exist: the uploaded certificates have expired (they live 2 hours) or were never uploaded; on a control-plane node run `kubeforge token create --print-join-command --upload-certs` for a fresh line");
+    };
+    secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, value)| {
+            if value.0.is_empty() {
+                return Ok((name, Vec::new()));
+            }
+            decrypt(key, &value.0)
+                .map(|plain| (name.clone(), plain))
+                .with_context(|| format!("kube-system/kubeadm-certs, {name}"))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
 
     #[test]
     fn round_trip_and_wrong_key() {
-        let key = [7u8; 32];
+        let key = CertificateKey::parse(&"07".repeat(32)).unwrap();
         let sealed = encrypt(&key, b"secret pem");
         assert_eq!(sealed.len(), NONCE_LEN + 10 + 16);
         assert_eq!(decrypt(&key, &sealed).unwrap(), b"secret pem");
-        let e = decrypt(&[8u8; 32], &sealed).unwrap_err().to_string();
+        let other = CertificateKey::parse(&"08".repeat(32)).unwrap();
+        let e = decrypt(&other, &sealed).unwrap_err().to_string();
         assert!(e.contains("wrong or expired key"), "{e}");
-        assert!(parse_key(&"ab".repeat(32)).is_ok());
-        assert!(parse_key("abc").is_err());
     }
 
     /// Key bytes 0..32, nonce bytes 100..112, stored as kubeadm stores it (nonce || ciphertext ||
@@ -187,8 +217,9 @@ mod tests {
     const VECTOR: &str = "ZGVmZ2hpamtsbW5vZTbzS1SrE9l3LH+rnzc+tASLRUvfKd5fivyBQpDWxy3yhjKnKRi2KdDeVXqzBuqMXgnMrmYDAmmutIH7wqyIgADDNz3VV3rHbwN++9GAg1U=";
     const PLAIN: &[u8] = b"-----BEGIN CERTIFICATE-----\nkubeforge\n-----END CERTIFICATE-----\n";
 
-    fn vector_key() -> [u8; 32] {
-        std::array::from_fn(|i| i as u8)
+    fn vector_key() -> CertificateKey {
+        let bytes: [u8; 32] = std::array::from_fn(|i| i as u8);
+        CertificateKey::parse(&hex::encode(bytes)).unwrap()
     }
 
     #[test]
@@ -229,7 +260,7 @@ sys.stdout.write(AESGCM(key).decrypt(data[:12], data[12:], None).decode())
     fn decrypts_what_kubeadm_uploaded() {
         let vector: serde_json::Value =
             serde_json::from_str(include_str!("../../tests/vectors/kubeadm-certs.json")).unwrap();
-        let key = parse_key(vector["certificateKey"].as_str().unwrap()).unwrap();
+        let key = CertificateKey::parse(vector["certificateKey"].as_str().unwrap()).unwrap();
         assert_eq!(key, vector_key());
         let sealed = STANDARD.decode(vector["sealed"].as_str().unwrap()).unwrap();
         let plain = decrypt(&key, &sealed).unwrap();

@@ -1,8 +1,11 @@
-//! The cluster side of `init` (contract 6): the objects kubeadm creates once the control plane
-//! is up, rendered from `templates/cluster/` and applied server-side through the kube client.
+//! The cluster side (contract 6, 7): the objects kubeadm creates once the control plane is up,
+//! rendered from `templates/cluster/` and applied server-side; bootstrap tokens and the
+//! cluster-info signature; the encrypted `kubeadm-certs`; a joining node's discovery; marking a
+//! control-plane node.
 
-pub mod apply;
 pub mod certs_secret;
+pub mod control_plane;
+pub mod discovery;
 pub mod objects;
 pub mod token;
 pub mod tokens;

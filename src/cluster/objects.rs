@@ -10,9 +10,11 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
+pub use crate::kube::apply::Object;
+
 use crate::config::Config;
-use crate::host::Layout;
-use crate::render::{coredns_image, kube_proxy_image, to_yaml};
+use crate::manifests::{coredns_image, kube_proxy_image, to_yaml};
+use crate::node::Layout;
 
 /// One bootstrap token as its Secret stores it (contract 6.5).
 pub struct TokenSecret {
@@ -89,14 +91,16 @@ fn render_text(name: &str, data: &Value) -> Result<String> {
 }
 
 /// A multi-document template as the objects it holds, in order.
-fn render_objects(name: &str, data: &Value) -> Result<Vec<Value>> {
+fn render_objects(name: &str, data: &Value) -> Result<Vec<Object>> {
     let text = render_text(name, data)?;
     let mut objects = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let value = Value::deserialize(doc)
             .with_context(|| format!("templates/cluster/{name} does not render to YAML"))?;
         if !value.is_null() {
-            objects.push(value);
+            let object =
+                Object::from_value(value).with_context(|| format!("templates/cluster/{name}"))?;
+            objects.push(object);
         }
     }
     Ok(objects)
@@ -120,14 +124,14 @@ pub fn cluster_configuration_yaml(cfg: &Config) -> Result<String> {
     Ok(to_yaml(value))
 }
 
-pub fn upload_config_kubeadm(cfg: &Config) -> Result<Vec<Value>> {
+pub fn upload_config_kubeadm(cfg: &Config) -> Result<Vec<Object>> {
     render_objects(
         "upload-config-kubeadm",
         &json!({ "clusterConfiguration": cluster_configuration_yaml(cfg)? }),
     )
 }
 
-pub fn upload_config_kubelet(cfg: &Config, layout: &Layout) -> Result<Vec<Value>> {
+pub fn upload_config_kubelet(cfg: &Config, layout: &Layout) -> Result<Vec<Object>> {
     let mut kubelet = crate::kubelet::cluster_config(cfg, layout)?;
     if kubelet.get("containerRuntimeEndpoint").is_none() {
         kubelet["containerRuntimeEndpoint"] = json!("");
@@ -164,7 +168,7 @@ pub fn cluster_info_kubeconfig(cfg: &Config, ca_pem: &[u8]) -> String {
 }
 
 /// The Secret of one bootstrap token.
-pub fn token_secret(t: &TokenSecret) -> Result<Value> {
+pub fn token_secret(t: &TokenSecret) -> Result<Object> {
     let mut objects = render_objects(
         "token-secret",
         &json!({
@@ -182,7 +186,7 @@ pub fn token_secret(t: &TokenSecret) -> Result<Value> {
 }
 
 /// Every token's Secret, then the RBAC and cluster-info of contract 6.6-6.7.
-pub fn bootstrap_token(cfg: &Config, tokens: &[TokenSecret], ca_pem: &[u8]) -> Result<Vec<Value>> {
+pub fn bootstrap_token(cfg: &Config, tokens: &[TokenSecret], ca_pem: &[u8]) -> Result<Vec<Object>> {
     let mut objects = tokens
         .iter()
         .map(token_secret)
@@ -194,7 +198,7 @@ pub fn bootstrap_token(cfg: &Config, tokens: &[TokenSecret], ca_pem: &[u8]) -> R
     Ok(objects)
 }
 
-pub fn coredns(cfg: &Config) -> Result<Vec<Value>> {
+pub fn coredns(cfg: &Config) -> Result<Vec<Object>> {
     let domain = &cfg.cluster.networking.dns_domain;
     let corefile = render_text("Corefile", &json!({ "dnsDomain": domain }))?;
     let objects = render_objects(
@@ -208,14 +212,18 @@ pub fn coredns(cfg: &Config) -> Result<Vec<Value>> {
     )?;
     objects
         .into_iter()
-        .map(|o| match o["kind"].as_str() {
-            Some("Deployment") => crate::render::patches::for_target(cfg, "corednsdeployment", o),
-            _ => Ok(o),
+        .map(|o| match o {
+            Object::Deployment(_) => {
+                let patched =
+                    crate::manifests::patches::for_target(cfg, "corednsdeployment", o.to_value())?;
+                Object::from_value(patched)
+            }
+            other => Ok(other),
         })
         .collect()
 }
 
-pub fn kube_proxy(cfg: &Config) -> Result<Vec<Value>> {
+pub fn kube_proxy(cfg: &Config) -> Result<Vec<Object>> {
     let ipv6 = cfg
         .init
         .local_api_endpoint
@@ -263,28 +271,18 @@ pub fn kube_proxy(cfg: &Config) -> Result<Vec<Value>> {
     )
 }
 
-pub fn cluster_admins() -> Result<Vec<Value>> {
+pub fn cluster_admins() -> Result<Vec<Object>> {
     render_objects("cluster-admins", &json!({}))
 }
 
-pub fn system_priority_classes() -> Result<Vec<Value>> {
+pub fn system_priority_classes() -> Result<Vec<Object>> {
     render_objects("system-priority-classes", &json!({}))
 }
 
 /// The TTL token Secret and the RBAC of upload-certs.
-pub fn upload_certs(ttl_token: &TokenSecret) -> Result<Vec<Value>> {
+pub fn upload_certs(ttl_token: &TokenSecret) -> Result<Vec<Object>> {
     render_objects(
         "upload-certs",
         &json!({ "id": ttl_token.id, "secret": ttl_token.secret, "expiration": ttl_token.expiration }),
     )
-}
-
-/// `Kind namespace/name` for messages.
-pub fn describe(object: &Value) -> String {
-    let kind = object["kind"].as_str().unwrap_or("?");
-    let name = object["metadata"]["name"].as_str().unwrap_or("?");
-    match object["metadata"]["namespace"].as_str() {
-        Some(ns) => format!("{kind} {ns}/{name}"),
-        None => format!("{kind} {name}"),
-    }
 }

@@ -1,95 +1,13 @@
-//! Bootstrap tokens (contract 6.5), the cluster-info JWS (6.7) and the CA pin (7.1). A token's
-//! secret half appears only where the operator asked for it: Display is the full token, Debug
-//! and every error show the ID alone.
+//! What a bootstrap token proves (contract 6.7, 7.1): the cluster-info JWS, made and checked with
+//! the token, and the CA pin of the join command.
 
-use std::fmt;
-
-use anyhow::{bail, Result};
+use anyhow::Result;
 use aws_lc_rs::{constant_time, hmac};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use rand::Rng;
 use sha2::{Digest, Sha256};
 
-const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-
-#[derive(Clone, PartialEq, Eq)]
-pub struct Token {
-    id: String,
-    secret: String,
-}
-
-fn valid_part(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| ALPHABET.contains(&b))
-}
-
-/// A token ID alone: `[a-z0-9]{6}`.
-pub fn is_token_id(s: &str) -> bool {
-    valid_part(s, 6)
-}
-
-/// The usages a bootstrap token may have.
-pub const USAGES: [&str; 2] = ["signing", "authentication"];
-
-/// kubeadm's rule for a token's extra groups: `system:bootstrappers:[a-z0-9:-]{0,255}[a-z0-9]`.
-pub fn is_token_group(g: &str) -> bool {
-    let Some(rest) = g.strip_prefix("system:bootstrappers:") else {
-        return false;
-    };
-    let inner = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    rest.len() <= 256
-        && rest.bytes().last().is_some_and(inner)
-        && rest.bytes().all(|b| inner(b) || b == b':' || b == b'-')
-}
-
-impl Token {
-    /// `[a-z0-9]{6}.[a-z0-9]{16}`; the error never repeats the secret.
-    pub fn parse(text: &str) -> Result<Token> {
-        match text.split_once('.') {
-            Some((id, secret)) if valid_part(id, 6) && valid_part(secret, 16) => Ok(Token {
-                id: id.into(),
-                secret: secret.into(),
-            }),
-            _ => bail!(
-                "the token does not have the form [a-z0-9]{{6}}.[a-z0-9]{{16}} (an ID and a secret of lowercase letters and digits)"
-            ),
-        }
-    }
-
-    /// A fresh token from the operating system's CSPRNG.
-    pub fn generate() -> Token {
-        let mut rng = rand::rng();
-        let mut part = |n: usize| -> String {
-            (0..n)
-                .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-                .collect()
-        };
-        Token {
-            id: part(6),
-            secret: part(16),
-        }
-    }
-
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    pub fn secret(&self) -> &str {
-        &self.secret
-    }
-}
-
-impl fmt::Display for Token {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "{}.{}", self.id, self.secret)
-    }
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "Token({}.<redacted>)", self.id)
-    }
-}
+use crate::config::Token;
 
 /// A bootstrap token Secret's data value as text.
 pub fn secret_field(secret: &k8s_openapi::api::core::v1::Secret, key: &str) -> Option<String> {
@@ -100,9 +18,9 @@ pub fn secret_field(secret: &k8s_openapi::api::core::v1::Secret, key: &str) -> O
 /// The bootstrapsigner's detached JWS over `content`: `b64url(header)..b64url(HS256)`, the
 /// header `{"alg":"HS256","kid":"<id>"}`, keyed with the token secret.
 pub fn detached_jws(content: &str, token: &Token) -> String {
-    let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"HS256","kid":"{}"}}"#, token.id));
+    let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"HS256","kid":"{}"}}"#, token.id()));
     let signing_input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(content));
-    let key = hmac::Key::new(hmac::HMAC_SHA256, token.secret.as_bytes());
+    let key = hmac::Key::new(hmac::HMAC_SHA256, token.secret().as_bytes());
     let signature = hmac::sign(&key, signing_input.as_bytes());
     format!("{header}..{}", URL_SAFE_NO_PAD.encode(signature.as_ref()))
 }
@@ -124,37 +42,9 @@ pub fn ca_pin(cert_der: &[u8]) -> Result<String> {
     ))
 }
 
-/// A certificate key for `kubeadm-certs`: 32 random bytes, hex.
-pub fn generate_certificate_key() -> String {
-    let mut key = [0u8; 32];
-    rand::rng().fill(&mut key);
-    hex::encode(key)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_parse_generate_and_never_show_their_secret_in_debug() {
-        let t = Token::parse("abcdef.0123456789abcdef").unwrap();
-        assert_eq!((t.id(), t.secret()), ("abcdef", "0123456789abcdef"));
-        assert_eq!(t.to_string(), "abcdef.0123456789abcdef");
-        assert!(!format!("{t:?}").contains("0123456789abcdef"));
-        for bad in [
-            "abcdef",
-            "ABCDEF.q1w2e3r4t5y6u7i8",
-            "abcde.q1w2e3r4t5y6u7i8",
-            "abcdef.q1w2e3r4t5y6u7i8o",
-        ] {
-            let e = Token::parse(bad).unwrap_err().to_string();
-            assert!(!e.contains("q1w2e3r4"), "{e}");
-        }
-        let a = Token::generate();
-        let b = Token::generate();
-        assert_ne!(a, b);
-        assert!(Token::parse(&a.to_string()).is_ok());
-    }
 
     #[test]
     fn jws_header_is_kubeadms() {
@@ -201,17 +91,6 @@ sys.stdout.write(header + ".." + b64(mac.digest()))
         assert!(!jws_is_valid(&other, content, &t));
         assert!(!jws_is_valid(&theirs[..theirs.len() - 2], content, &t));
         assert!(!jws_is_valid("", content, &t));
-    }
-
-    #[test]
-    fn token_groups_follow_kubeadms_pattern() {
-        assert!(is_token_group(
-            "system:bootstrappers:kubeadm:default-node-token"
-        ));
-        assert!(!is_token_group("admins"));
-        assert!(!is_token_group("system:bootstrappers:"));
-        assert!(!is_token_group("system:bootstrappers:Worker"));
-        assert!(!is_token_group("system:bootstrappers:workers-"));
     }
 
     #[test]

@@ -14,23 +14,41 @@ use time::OffsetDateTime;
 
 use super::certs_secret;
 use super::objects::{self, TokenSecret};
-use super::token::{self, Token};
-use crate::cli::TokenCreate;
-use crate::config::GoDuration;
+use super::token;
+use crate::config::{self, BootstrapToken, CertificateKey, GoDuration, Token};
 use crate::output::Output;
 use crate::BadInput;
+
+/// `kubeforge token create`'s request (kubeadm's flags).
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    /// The token to create; default: a random one.
+    pub token: Option<String>,
+    pub ttl: String,
+    pub usages: Vec<String>,
+    pub groups: Vec<String>,
+    pub description: String,
+    pub print_join_command: bool,
+    pub certificate_key: Option<String>,
+    pub upload_certs: bool,
+    /// Where the certificates to upload are (default: the cluster's certificatesDir).
+    pub cert_dir: Option<PathBuf>,
+}
 
 /// How long `create` and the API calls wait for the server.
 const API_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// kubeadm's rules for `--usages` and `--groups` (bad input, exit 2).
 fn check_usages_and_groups(usages: &[String], groups: &[String]) -> Result<()> {
-    if let Some(u) = usages.iter().find(|u| !token::USAGES.contains(&u.as_str())) {
+    if let Some(u) = usages
+        .iter()
+        .find(|u| !config::USAGES.contains(&u.as_str()))
+    {
         bail!(BadInput(format!(
             "--usages: unknown usage {u:?} (valid: signing, authentication)"
         )));
     }
-    if let Some(g) = groups.iter().find(|g| !token::is_token_group(g)) {
+    if let Some(g) = groups.iter().find(|g| !config::is_token_group(g)) {
         bail!(BadInput(format!(
             "--groups: {g:?} must match system:bootstrappers:[a-z0-9:-]{{0,255}}[a-z0-9]"
         )));
@@ -46,7 +64,7 @@ fn check_usages_and_groups(usages: &[String], groups: &[String]) -> Result<()> {
 /// The API endpoint (`host:port`) and the CA pin of the cluster a kubeconfig reaches: what a
 /// join command needs.
 fn endpoint_and_pin(kubeconfig: &Path) -> Result<(String, String)> {
-    let cluster = crate::join::discovery::by_file(kubeconfig)?;
+    let cluster = super::discovery::by_file(kubeconfig)?;
     let der = pem::parse(&cluster.ca_pem)
         .with_context(|| format!("{}: the cluster CA", kubeconfig.display()))?
         .into_contents();
@@ -73,7 +91,7 @@ async fn certificate_files(
         .unwrap_or_default()
         .remove("ClusterConfiguration")
         .ok_or_else(|| anyhow!("kube-system/kubeadm-config has no ClusterConfiguration key"))?;
-    let cfg = crate::config::load_str(
+    let cfg = config::load_str(
         &text,
         "kube-system/kubeadm-config",
         &Default::default(),
@@ -96,7 +114,7 @@ async fn certificate_files(
 }
 
 pub fn create(
-    req: &TokenCreate,
+    req: &CreateRequest,
     kubeconfig: &Path,
     kubernetes_dir: &Path,
     out: Output,
@@ -110,11 +128,7 @@ pub fn create(
     let given_key = req
         .certificate_key
         .as_deref()
-        .map(|k| {
-            certs_secret::parse_key(k)
-                .map(|_| k.to_string())
-                .map_err(|e| BadInput(format!("--certificate-key: {e}")))
-        })
+        .map(|k| CertificateKey::parse(k).map_err(|e| BadInput(format!("--certificate-key: {e}"))))
         .transpose()?;
     let join = req
         .print_join_command
@@ -129,30 +143,19 @@ pub fn create(
         usages: req.usages.clone(),
         groups: req.groups.clone(),
     })?;
-    let rt = crate::runtime()?;
-    let key = rt.block_on(async {
-        let client = crate::health::client(kubeconfig, None).await?;
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), "kube-system");
-        let secret: Secret = serde_json::from_value(secret)?;
-        match secrets.create(&PostParams::default(), &secret).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                bail!(BadInput(format!(
-                    "a bootstrap token with ID {:?} already exists",
-                    token.id()
-                )))
+    let key = crate::block_on(async {
+        let client = crate::kube::client(kubeconfig, None).await?;
+        create_secret(&client, secret, &token).await?;
+        let key = match (req.upload_certs, given_key) {
+            (true, given) => {
+                let key = given.unwrap_or_else(CertificateKey::generate);
+                let files =
+                    certificate_files(&client, req.cert_dir.as_deref(), kubernetes_dir).await?;
+                let upload = certs_secret::upload_objects(&files, &key, now)?;
+                certs_secret::upload(&client, &upload, API_TIMEOUT).await?;
+                Some(key)
             }
-            Err(e) => bail!("creating the bootstrap token {:?}: {e}", token.id()),
-        }
-        let key = if req.upload_certs {
-            let key_hex = given_key.unwrap_or_else(token::generate_certificate_key);
-            let files = certificate_files(&client, req.cert_dir.as_deref(), kubernetes_dir).await?;
-            let upload =
-                certs_secret::upload_objects(&files, &certs_secret::parse_key(&key_hex)?, now)?;
-            certs_secret::upload(&client, &upload, API_TIMEOUT).await?;
-            Some(key_hex)
-        } else {
-            given_key
+            (false, given) => given,
         };
         if req.print_join_command {
             // The printed command must work at once: wait for the signed cluster-info.
@@ -160,26 +163,60 @@ pub fn create(
         }
         Ok::<_, anyhow::Error>(key)
     })?;
+    let key = key.map(|k| k.to_string());
     let lines =
         join.map(|(endpoint, hash)| join_commands(&endpoint, &token, &hash, key.as_deref()));
+    print_created(&out, &token, key.as_deref(), lines, req.print_join_command);
+    Ok(())
+}
+
+async fn create_secret(
+    client: &kube::Client,
+    secret: objects::Object,
+    token: &Token,
+) -> Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "kube-system");
+    let objects::Object::Secret(secret) = secret else {
+        bail!(
+            "templates/cluster/token-secret renders a {}",
+            secret.describe()
+        );
+    };
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => bail!(BadInput(format!(
+            "a bootstrap token with ID {:?} already exists",
+            token.id()
+        ))),
+        Err(e) => bail!("creating the bootstrap token {:?}: {e}", token.id()),
+    }
+}
+
+fn print_created(
+    out: &Output,
+    token: &Token,
+    key: Option<&str>,
+    lines: Option<(String, Option<String>)>,
+    print_join_command: bool,
+) {
+    let one_line = |s: &str| s.replace(" \\\n\t", " ");
     if out.json() {
         out.print_json(&json!({
             "token": token.to_string(),
             "certificateKey": key,
-            "joinCommand": lines.as_ref().map(|(worker, _)| worker.replace(" \\\n\t", " ")),
-            "controlPlaneJoinCommand": lines.as_ref().and_then(|(_, cp)| cp.as_ref().map(|c| c.replace(" \\\n\t", " "))),
+            "joinCommand": lines.as_ref().map(|(worker, _)| one_line(worker)),
+            "controlPlaneJoinCommand": lines.as_ref().and_then(|(_, cp)| cp.as_deref().map(one_line)),
         }));
-        return Ok(());
+        return;
     }
     match lines {
-        Some((_, Some(control_plane))) => println!("{}", control_plane.replace(" \\\n\t", " ")),
-        Some((worker, None)) => println!("{}", worker.replace(" \\\n\t", " ")),
+        Some((_, Some(control_plane))) => println!("{}", one_line(&control_plane)),
+        Some((worker, None)) => println!("{}", one_line(&worker)),
         None => println!("{token}"),
     }
-    if let (Some(key), false) = (&key, req.print_join_command) {
+    if let (Some(key), false) = (key, print_join_command) {
         println!("[upload-certs] Using certificate key:\n{key}");
     }
-    Ok(())
 }
 
 /// The worker join command and, with a certificate key, the control-plane one.
@@ -239,51 +276,34 @@ fn time_left(expiration: &str, now: OffsetDateTime) -> String {
     }
 }
 
-pub fn list(kubeconfig: &Path, out: Output) -> Result<()> {
-    let rt = crate::runtime()?;
-    let items = rt.block_on(async {
-        let client = crate::health::client(kubeconfig, None).await?;
-        let secrets: Api<Secret> = Api::namespaced(client, "kube-system");
-        let list = secrets
-            .list(&ListParams::default().fields("type=bootstrap.kubernetes.io/token"))
-            .await
-            .context("listing bootstrap tokens")?;
-        Ok::<_, anyhow::Error>(list.items)
-    })?;
-    let now = OffsetDateTime::now_utc();
-    let mut rows = Vec::new();
-    for s in &items {
-        let (Some(id), Some(secret)) = (
-            token::secret_field(s, "token-id"),
-            token::secret_field(s, "token-secret"),
-        ) else {
-            continue;
-        };
-        let mut usages: Vec<String> = s
-            .data
-            .iter()
-            .flatten()
-            .filter_map(|(k, v)| {
-                (v.0 == b"true")
-                    .then(|| k.strip_prefix("usage-bootstrap-").map(String::from))
-                    .flatten()
-            })
-            .collect();
-        usages.sort();
-        let expiration = token::secret_field(s, "expiration");
-        rows.push(json!({
-            "token": format!("{id}.{secret}"),
-            "ttl": expiration.as_deref().map_or("<forever>".into(), |e| time_left(e, now)),
-            "expires": expiration.clone().unwrap_or_else(|| "<never>".into()),
-            "usages": usages,
-            "description": token::secret_field(s, "description").unwrap_or_else(|| "<none>".into()),
-            "groups": token::secret_field(s, "auth-extra-groups").unwrap_or_else(|| "<none>".into()),
-        }));
-    }
-    if out.json() {
-        out.print_json(&json!({ "tokens": rows }));
-        return Ok(());
-    }
+/// One token as `token list` shows it (kubeadm's columns).
+fn row(s: &Secret, now: OffsetDateTime) -> Option<Value> {
+    let id = token::secret_field(s, "token-id")?;
+    let secret = token::secret_field(s, "token-secret")?;
+    let mut usages: Vec<String> = s
+        .data
+        .iter()
+        .flatten()
+        .filter_map(|(k, v)| {
+            (v.0 == b"true")
+                .then(|| k.strip_prefix("usage-bootstrap-").map(String::from))
+                .flatten()
+        })
+        .collect();
+    usages.sort();
+    let expiration = token::secret_field(s, "expiration");
+    Some(json!({
+        "token": format!("{id}.{secret}"),
+        "ttl": expiration.as_deref().map_or("<forever>".into(), |e| time_left(e, now)),
+        "expires": expiration.clone().unwrap_or_else(|| "<never>".into()),
+        "usages": usages,
+        "description": token::secret_field(s, "description").unwrap_or_else(|| "<none>".into()),
+        "groups": token::secret_field(s, "auth-extra-groups").unwrap_or_else(|| "<none>".into()),
+    }))
+}
+
+/// kubeadm's table: the widest cell of each column plus three spaces.
+fn print_table(rows: &[Value]) {
     let text = |v: &Value| match v {
         Value::Array(a) => a
             .iter()
@@ -319,8 +339,27 @@ pub fn list(kubeconfig: &Path, out: Output) -> Result<()> {
         println!("{}", padded.join("   ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
-    for r in &rows {
+    for r in rows {
         line(columns.iter().map(|c| text(&r[c])).collect());
+    }
+}
+
+pub fn list(kubeconfig: &Path, out: Output) -> Result<()> {
+    let items = crate::block_on(async {
+        let client = crate::kube::client(kubeconfig, None).await?;
+        let secrets: Api<Secret> = Api::namespaced(client, "kube-system");
+        let list = secrets
+            .list(&ListParams::default().fields("type=bootstrap.kubernetes.io/token"))
+            .await
+            .context("listing bootstrap tokens")?;
+        Ok::<_, anyhow::Error>(list.items)
+    })?;
+    let now = OffsetDateTime::now_utc();
+    let rows: Vec<Value> = items.iter().filter_map(|s| row(s, now)).collect();
+    if out.json() {
+        out.print_json(&json!({ "tokens": rows }));
+    } else {
+        print_table(&rows);
     }
     Ok(())
 }
@@ -333,16 +372,15 @@ pub fn delete(ids: &[String], kubeconfig: &Path, out: Output) -> Result<()> {
                 .map_err(|e| BadInput(format!("token: {e}")))?
                 .id()
                 .to_string(),
-            None if token::is_token_id(given) => given.clone(),
+            None if config::is_token_id(given) => given.clone(),
             None => bail!(BadInput(format!(
                 "{given:?} is neither a token ID ([a-z0-9]{{6}}) nor a token"
             ))),
         };
         checked.push(id);
     }
-    let rt = crate::runtime()?;
-    rt.block_on(async {
-        let client = crate::health::client(kubeconfig, None).await?;
+    crate::block_on(async {
+        let client = crate::kube::client(kubeconfig, None).await?;
         let secrets: Api<Secret> = Api::namespaced(client, "kube-system");
         for id in &checked {
             match secrets
@@ -362,4 +400,74 @@ pub fn delete(ids: &[String], kubeconfig: &Path, out: Output) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// An unexpired token Secret with the same usages, groups and description as `spec`, for a
+/// re-run of `init` to use instead of minting another token: the cluster keeps one token per
+/// init, not one per run. With its expiration.
+pub async fn reusable(
+    client: &kube::Client,
+    spec: &BootstrapToken,
+    now: OffsetDateTime,
+) -> Result<Option<(Token, Option<String>)>> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "kube-system");
+    let list = secrets
+        .list(&ListParams::default().fields("type=bootstrap.kubernetes.io/token"))
+        .await
+        .context("listing bootstrap tokens")?;
+    for s in list.items {
+        let expiration = token::secret_field(&s, "expiration");
+        let fresh = match &expiration {
+            Some(e) => {
+                OffsetDateTime::parse(e, &Rfc3339).is_ok_and(|t| t - now > time::Duration::hours(1))
+            }
+            None => spec.ttl.as_ref().is_some_and(|t| t.0.is_zero()),
+        };
+        let usages_match = spec.usages.iter().all(|u| {
+            token::secret_field(&s, &format!("usage-bootstrap-{u}")).as_deref() == Some("true")
+        });
+        let same = fresh
+            && usages_match
+            && token::secret_field(&s, "auth-extra-groups").unwrap_or_default()
+                == spec.groups.join(",")
+            && token::secret_field(&s, "description").unwrap_or_default() == spec.description;
+        if let (true, Some(id), Some(secret)) = (
+            same,
+            token::secret_field(&s, "token-id"),
+            token::secret_field(&s, "token-secret"),
+        ) {
+            if let Ok(t) = Token::parse(&format!("{id}.{secret}")) {
+                return Ok(Some((t, expiration)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The Secret of `token` for `spec`: its expiration kept when it is reused, else the spec's
+/// `expires`, else now + its TTL (24 h by default; 0 = never).
+pub fn secret_for(
+    spec: &BootstrapToken,
+    token: &Token,
+    reused_expiration: Option<String>,
+    now: OffsetDateTime,
+) -> TokenSecret {
+    let expiration = reused_expiration.or_else(|| {
+        if let Some(e) = &spec.expires {
+            return Some(e.clone());
+        }
+        let ttl = spec
+            .ttl
+            .as_ref()
+            .map_or(Duration::from_secs(86400), |t| t.0);
+        (!ttl.is_zero()).then(|| (now + ttl).format(&Rfc3339).expect("RFC 3339"))
+    });
+    TokenSecret {
+        id: token.id().into(),
+        secret: token.secret().into(),
+        description: spec.description.clone(),
+        expiration,
+        usages: spec.usages.clone(),
+        groups: spec.groups.clone(),
+    }
 }

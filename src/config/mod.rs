@@ -4,14 +4,19 @@
 //! every error names the file, the field path and the line:column.
 
 mod duration;
-mod net;
+pub mod join;
+pub mod net;
+mod overrides;
 mod position;
+mod token;
 mod types;
 pub mod v1beta3;
 mod validate;
 
 pub use duration::GoDuration;
 pub use net::Cidr;
+pub use overrides::{Flag, Overrides};
+pub use token::{is_token_group, is_token_id, CertificateKey, Token, USAGES};
 pub use types::*;
 
 use serde::Deserialize;
@@ -38,32 +43,6 @@ pub struct Config {
     pub kube_proxy: Option<serde_yaml::Value>,
     /// `--upload-certs`.
     pub upload_certs: bool,
-    /// A control-plane join's `--initial-cluster` (every member, this node a learner); its etcd
-    /// then starts with `--initial-cluster-state=existing`.
-    pub etcd_initial_cluster: Option<String>,
-}
-
-/// `kubeforge init`'s flags (kubeadm's names); None/empty means not given.
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    pub kubernetes_version: Option<String>,
-    pub advertise_address: Option<String>,
-    pub bind_port: Option<u16>,
-    pub control_plane_endpoint: Option<String>,
-    pub pod_network_cidr: Option<String>,
-    pub service_cidr: Option<String>,
-    pub service_dns_domain: Option<String>,
-    pub node_name: Option<String>,
-    pub cert_dir: Option<String>,
-    pub image_repository: Option<String>,
-    pub upload_certs: bool,
-    pub certificate_key: Option<String>,
-    pub token: Option<String>,
-    pub token_ttl: Option<String>,
-    pub skip_phases: Vec<String>,
-    pub ignore_preflight_errors: Vec<String>,
-    pub dry_run: bool,
-    pub patches: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,6 +142,17 @@ impl Origin {
     }
 }
 
+/// The documents of a config file, each typed or passed through.
+#[derive(Default)]
+struct Documents {
+    init: Option<InitConfiguration>,
+    cluster: Option<ClusterConfiguration>,
+    kubelet: Option<serde_yaml::Value>,
+    kube_proxy: Option<serde_yaml::Value>,
+    /// v1beta3's `timeoutForControlPlane`, which v1beta4 moved into the InitConfiguration.
+    timeout_for_control_plane: Option<GoDuration>,
+}
+
 pub fn load_str(
     text: &str,
     source: &str,
@@ -177,118 +167,116 @@ pub fn load_str(
         flags: Vec::new(),
     };
     let from_file = !text.trim().is_empty() || source != "<defaults>";
-    let mut init: Option<InitConfiguration> = None;
-    let mut cluster: Option<ClusterConfiguration> = None;
-    let mut kubelet = None;
-    let mut kube_proxy = None;
-    let mut timeout_for_control_plane = None;
-
+    let mut docs = Documents::default();
     for (doc, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = serde_yaml::Value::deserialize(de).map_err(|e| yaml_error(&origin, &e))?;
-        let mut map = match value {
-            serde_yaml::Value::Null => continue,
-            serde_yaml::Value::Mapping(m) => m,
-            _ => {
-                return Err(doc_error(
-                    &origin,
-                    doc,
-                    "a document must be a YAML mapping with apiVersion and kind",
-                ))
-            }
-        };
-        let get = |map: &serde_yaml::Mapping, k: &str| {
-            map.get(k).and_then(|v| v.as_str()).map(str::to_string)
-        };
-        let api_version = get(&map, "apiVersion")
-            .ok_or_else(|| doc_error(&origin, doc, "the document has no apiVersion"))?;
-        let kind =
-            get(&map, "kind").ok_or_else(|| doc_error(&origin, doc, "the document has no kind"))?;
-        match (api_version.as_str(), kind.as_str()) {
-            (V1BETA4 | V1BETA3, "InitConfiguration") => {
-                if init.is_some() {
-                    return Err(doc_error(&origin, doc, "more than one InitConfiguration"));
-                }
-                map.remove("apiVersion");
-                map.remove("kind");
-                if api_version == V1BETA3 {
-                    v1beta3::convert_init(&mut map);
-                }
-                origin.init_doc = Some(doc);
-                init = Some(typed(&origin, doc, "InitConfiguration", map)?);
-            }
-            (V1BETA4 | V1BETA3, "ClusterConfiguration") => {
-                if cluster.is_some() {
-                    return Err(doc_error(
-                        &origin,
-                        doc,
-                        "more than one ClusterConfiguration",
-                    ));
-                }
-                map.remove("apiVersion");
-                map.remove("kind");
-                if api_version == V1BETA3 {
-                    timeout_for_control_plane = v1beta3::convert_cluster(&mut map);
-                }
-                origin.cluster_doc = Some(doc);
-                cluster = Some(typed(&origin, doc, "ClusterConfiguration", map)?);
-            }
-            (
-                V1BETA4 | V1BETA3,
-                "JoinConfiguration" | "ResetConfiguration" | "UpgradeConfiguration",
-            ) => {}
-            ("kubelet.config.k8s.io/v1beta1", "KubeletConfiguration") => {
-                kubelet = Some(serde_yaml::Value::Mapping(map));
-            }
-            ("kubeproxy.config.k8s.io/v1alpha1", "KubeProxyConfiguration") => {
-                kube_proxy = Some(serde_yaml::Value::Mapping(map));
-            }
-            (av, k) => {
-                let known = [
-                    V1BETA4,
-                    V1BETA3,
-                    "kubelet.config.k8s.io/v1beta1",
-                    "kubeproxy.config.k8s.io/v1alpha1",
-                ];
-                let msg = if known.contains(&av) {
-                    format!("unknown kind {k:?} for apiVersion {av}")
-                } else {
-                    format!(
-                        "unsupported apiVersion {av:?} (kind {k}); use kubeadm.k8s.io/v1beta4 or v1beta3, kubelet.config.k8s.io/v1beta1, kubeproxy.config.k8s.io/v1alpha1"
-                    )
-                };
-                let pos = origin.index.find(doc, "apiVersion");
-                return Err(ConfigError {
-                    file: origin.file.clone(),
-                    field: "apiVersion".into(),
-                    line: pos.map(|p| p.0),
-                    column: pos.map(|p| p.1),
-                    message: msg,
-                });
-            }
-        }
+        read_document(&mut origin, &mut docs, doc, value)?;
     }
-    let mut init = init.unwrap_or_default();
+    let mut init = docs.init.unwrap_or_default();
     // Through serde, so that a missing document gets the same field defaults as an empty one.
-    let mut cluster = match cluster {
+    let mut cluster = match docs.cluster {
         Some(c) => c,
         None => serde_yaml::from_value(serde_yaml::Value::Mapping(Default::default()))
             .expect("all fields default"),
     };
-    if let Some(t) = timeout_for_control_plane {
+    if let Some(t) = docs.timeout_for_control_plane {
         init.timeouts.control_plane_component_health_check = t;
     }
-
-    apply_overrides(&mut origin, &mut init, &mut cluster, overrides, from_file)?;
+    overrides.apply(&mut origin, &mut init, &mut cluster, from_file)?;
     validate::defaults(&mut init, &mut cluster, kubernetes_dir);
     validate::validate(&origin, &init, &cluster)?;
     Ok(Config {
         init,
         cluster,
-        kubelet,
-        kube_proxy,
+        kubelet: docs.kubelet,
+        kube_proxy: docs.kube_proxy,
         upload_certs: overrides.upload_certs,
-        etcd_initial_cluster: None,
     })
+}
+
+const KUBELET_V1BETA1: &str = "kubelet.config.k8s.io/v1beta1";
+const KUBE_PROXY_V1ALPHA1: &str = "kubeproxy.config.k8s.io/v1alpha1";
+
+/// One YAML document into `docs`, by its apiVersion and kind.
+fn read_document(
+    origin: &mut Origin,
+    docs: &mut Documents,
+    doc: usize,
+    value: serde_yaml::Value,
+) -> Result<(), ConfigError> {
+    let mut map = match value {
+        serde_yaml::Value::Null => return Ok(()),
+        serde_yaml::Value::Mapping(m) => m,
+        _ => {
+            return Err(doc_error(
+                origin,
+                doc,
+                "a document must be a YAML mapping with apiVersion and kind",
+            ))
+        }
+    };
+    let get = |k: &str| map.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let api_version = get("apiVersion")
+        .ok_or_else(|| doc_error(origin, doc, "the document has no apiVersion"))?;
+    let kind = get("kind").ok_or_else(|| doc_error(origin, doc, "the document has no kind"))?;
+    let v1beta3 = api_version == V1BETA3;
+    match (api_version.as_str(), kind.as_str()) {
+        (V1BETA4 | V1BETA3, "InitConfiguration") => {
+            if docs.init.is_some() {
+                return Err(doc_error(origin, doc, "more than one InitConfiguration"));
+            }
+            map.remove("apiVersion");
+            map.remove("kind");
+            if v1beta3 {
+                v1beta3::convert_init(&mut map);
+            }
+            origin.init_doc = Some(doc);
+            docs.init = Some(typed(origin, doc, "InitConfiguration", map)?);
+        }
+        (V1BETA4 | V1BETA3, "ClusterConfiguration") => {
+            if docs.cluster.is_some() {
+                return Err(doc_error(origin, doc, "more than one ClusterConfiguration"));
+            }
+            map.remove("apiVersion");
+            map.remove("kind");
+            if v1beta3 {
+                docs.timeout_for_control_plane = v1beta3::convert_cluster(&mut map);
+            }
+            origin.cluster_doc = Some(doc);
+            docs.cluster = Some(typed(origin, doc, "ClusterConfiguration", map)?);
+        }
+        (
+            V1BETA4 | V1BETA3,
+            "JoinConfiguration" | "ResetConfiguration" | "UpgradeConfiguration",
+        ) => {}
+        (KUBELET_V1BETA1, "KubeletConfiguration") => {
+            docs.kubelet = Some(serde_yaml::Value::Mapping(map));
+        }
+        (KUBE_PROXY_V1ALPHA1, "KubeProxyConfiguration") => {
+            docs.kube_proxy = Some(serde_yaml::Value::Mapping(map));
+        }
+        (av, k) => return Err(unknown_kind(origin, doc, av, k)),
+    }
+    Ok(())
+}
+
+fn unknown_kind(origin: &Origin, doc: usize, api_version: &str, kind: &str) -> ConfigError {
+    let known = [V1BETA4, V1BETA3, KUBELET_V1BETA1, KUBE_PROXY_V1ALPHA1];
+    let message = if known.contains(&api_version) {
+        format!("unknown kind {kind:?} for apiVersion {api_version}")
+    } else {
+        format!(
+            "unsupported apiVersion {api_version:?} (kind {kind}); use kubeadm.k8s.io/v1beta4 or v1beta3, kubelet.config.k8s.io/v1beta1, kubeproxy.config.k8s.io/v1alpha1"
+        )
+    };
+    let pos = origin.index.find(doc, "apiVersion");
+    ConfigError {
+        file: origin.file.clone(),
+        field: "apiVersion".into(),
+        line: pos.map(|p| p.0),
+        column: pos.map(|p| p.1),
+        message,
+    }
 }
 
 fn typed<T: serde::de::DeserializeOwned>(
@@ -350,166 +338,6 @@ fn doc_error(origin: &Origin, doc: usize, message: &str) -> ConfigError {
     }
 }
 
-/// Flags that kubeadm allows next to `--config` (its ValidateMixedArguments); every other flag
-/// given together with `--config` is an error.
-const ALLOWED_WITH_CONFIG: &[&str] = &[
-    "ignore-preflight-errors",
-    "dry-run",
-    "node-name",
-    "upload-certs",
-    "skip-phases",
-];
-
-fn apply_overrides(
-    origin: &mut Origin,
-    init: &mut InitConfiguration,
-    cluster: &mut ClusterConfiguration,
-    o: &Overrides,
-    from_file: bool,
-) -> Result<(), ConfigError> {
-    let given: Vec<&'static str> = [
-        ("kubernetes-version", o.kubernetes_version.is_some()),
-        ("apiserver-advertise-address", o.advertise_address.is_some()),
-        ("apiserver-bind-port", o.bind_port.is_some()),
-        ("control-plane-endpoint", o.control_plane_endpoint.is_some()),
-        ("pod-network-cidr", o.pod_network_cidr.is_some()),
-        ("service-cidr", o.service_cidr.is_some()),
-        ("service-dns-domain", o.service_dns_domain.is_some()),
-        ("node-name", o.node_name.is_some()),
-        ("cert-dir", o.cert_dir.is_some()),
-        ("image-repository", o.image_repository.is_some()),
-        ("certificate-key", o.certificate_key.is_some()),
-        ("token", o.token.is_some()),
-        ("token-ttl", o.token_ttl.is_some()),
-        ("patches", o.patches.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(name, set)| set.then_some(name))
-    .collect();
-    if from_file {
-        let mixed: Vec<_> = given
-            .iter()
-            .filter(|f| !ALLOWED_WITH_CONFIG.contains(f))
-            .copied()
-            .collect();
-        if !mixed.is_empty() {
-            return Err(ConfigError {
-                file: origin.file.clone(),
-                field: mixed
-                    .iter()
-                    .map(|f| format!("--{f}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                line: None,
-                column: None,
-                message: format!(
-                    "can not mix '--config' with arguments [{}]",
-                    mixed.join(" ")
-                ),
-            });
-        }
-    }
-    let mut set = |field: &str, flag: &'static str| origin.flags.push((field.to_string(), flag));
-    if let Some(v) = &o.kubernetes_version {
-        cluster.kubernetes_version = v.clone();
-        set(
-            "ClusterConfiguration.kubernetesVersion",
-            "kubernetes-version",
-        );
-    }
-    if let Some(v) = &o.advertise_address {
-        init.local_api_endpoint.advertise_address = v.clone();
-        set(
-            "InitConfiguration.localAPIEndpoint.advertiseAddress",
-            "apiserver-advertise-address",
-        );
-    }
-    if let Some(v) = o.bind_port {
-        init.local_api_endpoint.bind_port = i32::from(v);
-        set(
-            "InitConfiguration.localAPIEndpoint.bindPort",
-            "apiserver-bind-port",
-        );
-    }
-    if let Some(v) = &o.control_plane_endpoint {
-        cluster.control_plane_endpoint = v.clone();
-        set(
-            "ClusterConfiguration.controlPlaneEndpoint",
-            "control-plane-endpoint",
-        );
-    }
-    if let Some(v) = &o.pod_network_cidr {
-        cluster.networking.pod_subnet = v.clone();
-        set(
-            "ClusterConfiguration.networking.podSubnet",
-            "pod-network-cidr",
-        );
-    }
-    if let Some(v) = &o.service_cidr {
-        cluster.networking.service_subnet = v.clone();
-        set(
-            "ClusterConfiguration.networking.serviceSubnet",
-            "service-cidr",
-        );
-    }
-    if let Some(v) = &o.service_dns_domain {
-        cluster.networking.dns_domain = v.clone();
-        set(
-            "ClusterConfiguration.networking.dnsDomain",
-            "service-dns-domain",
-        );
-    }
-    if let Some(v) = &o.node_name {
-        init.node_registration.name = v.clone();
-        set("InitConfiguration.nodeRegistration.name", "node-name");
-    }
-    if let Some(v) = &o.cert_dir {
-        cluster.certificates_dir = v.clone();
-        set("ClusterConfiguration.certificatesDir", "cert-dir");
-    }
-    if let Some(v) = &o.image_repository {
-        cluster.image_repository = v.clone();
-        set("ClusterConfiguration.imageRepository", "image-repository");
-    }
-    if let Some(v) = &o.certificate_key {
-        init.certificate_key = v.clone();
-        set("InitConfiguration.certificateKey", "certificate-key");
-    }
-    if o.token.is_some() || o.token_ttl.is_some() {
-        if init.bootstrap_tokens.is_empty() {
-            init.bootstrap_tokens.push(BootstrapToken::default());
-        }
-        if let Some(v) = &o.token {
-            init.bootstrap_tokens[0].token = v.clone();
-            set("InitConfiguration.bootstrapTokens[0].token", "token");
-        }
-        if let Some(v) = &o.token_ttl {
-            let ttl = GoDuration::parse(v)
-                .map_err(|m| origin.error("InitConfiguration.bootstrapTokens[0].ttl", m))?;
-            init.bootstrap_tokens[0].ttl = Some(ttl);
-        }
-    }
-    if let Some(v) = &o.patches {
-        init.patches = Some(Patches {
-            directory: v.clone(),
-        });
-    }
-    for p in &o.skip_phases {
-        if !init.skip_phases.contains(p) {
-            init.skip_phases.push(p.clone());
-        }
-    }
-    for p in &o.ignore_preflight_errors {
-        if !init.node_registration.ignore_preflight_errors.contains(p) {
-            init.node_registration
-                .ignore_preflight_errors
-                .push(p.clone());
-        }
-    }
-    init.dry_run |= o.dry_run;
-    Ok(())
-}
-
 impl ClusterConfiguration {
     fn first_service_cidr(&self) -> Cidr {
         self.networking
@@ -535,13 +363,6 @@ impl ClusterConfiguration {
     }
 }
 
-fn url_host(host: &str) -> String {
-    match host.parse::<IpAddr>() {
-        Ok(IpAddr::V6(_)) => format!("[{host}]"),
-        _ => host.to_string(),
-    }
-}
-
 /// Splits `host[:port]`, `[v6]:port` or a bare IPv6 address.
 pub fn split_host_port(s: &str) -> (String, Option<String>) {
     if let Some(rest) = s.strip_prefix('[') {
@@ -561,7 +382,21 @@ pub fn split_host_port(s: &str) -> (String, Option<String>) {
     }
 }
 
+/// (major, minor, patch) of a `v1.35.6` / `3.6.6-0` style version.
+pub fn semver(v: &str) -> Option<(u32, u32, u32)> {
+    let core = v.trim_start_matches('v').split(['-', '+']).next()?;
+    let mut parts = core.split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??, parts.next()??))
+}
+
 impl Config {
+    /// The minor of `kubernetesVersion` (validated, so always there).
+    pub fn kubernetes_minor(&self) -> u32 {
+        semver(&self.cluster.kubernetes_version)
+            .map(|v| v.1)
+            .expect("validated")
+    }
+
     pub fn bind_port(&self) -> u16 {
         u16::try_from(self.init.local_api_endpoint.bind_port).expect("validated")
     }
@@ -570,7 +405,7 @@ impl Config {
     pub fn local_endpoint_url(&self) -> String {
         format!(
             "https://{}:{}",
-            url_host(&self.init.local_api_endpoint.advertise_address),
+            net::url_host(&self.init.local_api_endpoint.advertise_address),
             self.bind_port()
         )
     }
@@ -582,7 +417,7 @@ impl Config {
         }
         let (host, port) = split_host_port(&self.cluster.control_plane_endpoint);
         let port = port.unwrap_or_else(|| self.bind_port().to_string());
-        format!("https://{}:{port}", url_host(&host))
+        format!("https://{}:{port}", net::url_host(&host))
     }
 
     pub fn control_plane_endpoint_host(&self) -> Option<String> {

@@ -88,6 +88,31 @@ pub fn is_wildcard_dns1123_subdomain(s: &str) -> bool {
     s.strip_prefix("*.").is_some_and(is_dns1123_subdomain)
 }
 
+/// `0.0.0.0` or `::`: listening on every address, which no client can connect to.
+pub fn is_unspecified(addr: &str) -> bool {
+    addr == "0.0.0.0" || addr == "::"
+}
+
+/// An address as the host part of a URL: IPv6 in brackets.
+pub fn url_host(addr: &str) -> String {
+    if addr.parse::<std::net::Ipv6Addr>().is_ok() {
+        format!("[{addr}]")
+    } else {
+        addr.to_string()
+    }
+}
+
+/// Where to connect to reach something listening on `addr`: `fallback` when none is set, the
+/// loopback of the family when it is unspecified; as a URL host.
+pub fn connect_host(addr: &str, fallback: &str) -> String {
+    url_host(match addr {
+        "" => fallback,
+        "0.0.0.0" => "127.0.0.1",
+        "::" => "::1",
+        a => a,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

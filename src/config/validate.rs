@@ -1,10 +1,10 @@
 //! kubeadm's defaults and validation rules for InitConfiguration + ClusterConfiguration.
 
-use crate::cluster::token::{self, Token};
 use std::net::IpAddr;
 use std::path::Path;
 
 use super::net::{is_dns1123_subdomain, is_wildcard_dns1123_subdomain, parse_cidrs};
+use super::token::{self, Token};
 use super::{
     split_host_port, BootstrapToken, ClusterConfiguration, ConfigError, GoDuration,
     InitConfiguration, LocalEtcd, Origin, DEFAULT_KUBERNETES_VERSION, SUPPORTED_MINORS,
@@ -18,7 +18,7 @@ pub fn defaults(
 ) {
     let nr = &mut init.node_registration;
     if nr.name.is_empty() {
-        nr.name = hostname().to_lowercase();
+        nr.name = crate::node::hostname().to_lowercase();
     }
     if nr.cri_socket.is_empty() {
         nr.cri_socket = "unix:///var/run/containerd/containerd.sock".into();
@@ -86,19 +86,6 @@ pub fn defaults(
     }
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .or_else(|| {
-            nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-        })
-        .unwrap_or_else(|| "localhost".into())
-}
-
 /// The IPv4 address of the interface that holds the default route (kubeadm's choice).
 fn default_route_address() -> Option<String> {
     let routes = std::fs::read_to_string("/proc/net/route").ok()?;
@@ -122,10 +109,21 @@ pub fn validate(
     init: &InitConfiguration,
     cluster: &ClusterConfiguration,
 ) -> Result<(), ConfigError> {
-    let err = |field: &str, msg: String| Err(origin.error(field, msg));
-    let at = |field: &'static str| move |msg: String| origin.error(field, msg);
+    validate_node(origin, init)?;
+    validate_tokens(origin, init)?;
+    validate_key_and_timeouts(origin, init)?;
+    validate_version(&cluster.kubernetes_version)
+        .map_err(|m| origin.error("ClusterConfiguration.kubernetesVersion", m))?;
+    validate_networking(origin, cluster)?;
+    validate_endpoint_and_sans(origin, cluster)?;
+    validate_etcd(origin, cluster)?;
+    validate_gates_and_validity(origin, cluster)
+}
 
-    // InitConfiguration
+type Checked = Result<(), ConfigError>;
+
+fn validate_node(origin: &Origin, init: &InitConfiguration) -> Checked {
+    let err = |field: &str, msg: String| Err(origin.error(field, msg));
     let adv = &init.local_api_endpoint.advertise_address;
     match adv.parse::<IpAddr>() {
         Err(_) => return err("InitConfiguration.localAPIEndpoint.advertiseAddress", format!("{adv:?} is not a valid IP address")),
@@ -175,6 +173,11 @@ pub fn validate(
             );
         }
     }
+    Ok(())
+}
+
+fn validate_tokens(origin: &Origin, init: &InitConfiguration) -> Checked {
+    let err = |field: &str, msg: String| Err(origin.error(field, msg));
     for (i, t) in init.bootstrap_tokens.iter().enumerate() {
         if !t.token.is_empty() && Token::parse(&t.token).is_err() {
             return err(
@@ -199,13 +202,15 @@ pub fn validate(
             }
         }
     }
-    let key = &init.certificate_key;
-    let key_ok = key.is_empty() || (key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()));
-    if !key_ok {
-        return err(
-            "InitConfiguration.certificateKey",
-            "the certificate key must be 64 hex characters (32 bytes); `kubeforge certs certificate-key` makes one".into(),
-        );
+    Ok(())
+}
+
+fn validate_key_and_timeouts(origin: &Origin, init: &InitConfiguration) -> Checked {
+    let err = |field: &str, msg: String| Err(origin.error(field, msg));
+    if !init.certificate_key.is_empty() {
+        if let Err(why) = token::CertificateKey::parse(&init.certificate_key) {
+            return err("InitConfiguration.certificateKey", why);
+        }
     }
     let t = &init.timeouts;
     for (field, d) in [
@@ -228,9 +233,12 @@ pub fn validate(
         }
     }
 
-    // ClusterConfiguration
-    validate_version(&cluster.kubernetes_version)
-        .map_err(at("ClusterConfiguration.kubernetesVersion"))?;
+    Ok(())
+}
+
+fn validate_networking(origin: &Origin, cluster: &ClusterConfiguration) -> Checked {
+    let err = |field: &str, msg: String| Err(origin.error(field, msg));
+    let at = |field: &'static str| move |msg: String| origin.error(field, msg);
     let svc = parse_cidrs(&cluster.networking.service_subnet)
         .map_err(at("ClusterConfiguration.networking.serviceSubnet"))?;
     for c in &svc {
@@ -290,6 +298,11 @@ pub fn validate(
             format!("{domain:?} is not a valid DNS domain"),
         );
     }
+    Ok(())
+}
+
+fn validate_endpoint_and_sans(origin: &Origin, cluster: &ClusterConfiguration) -> Checked {
+    let err = |field: &str, msg: String| Err(origin.error(field, msg));
     if !cluster.control_plane_endpoint.is_empty() {
         let (host, port) = split_host_port(&cluster.control_plane_endpoint);
         let host_ok = host.parse::<IpAddr>().is_ok() || is_dns1123_subdomain(&host);
@@ -318,6 +331,11 @@ pub fn validate(
             );
         }
     }
+    Ok(())
+}
+
+fn validate_etcd(origin: &Origin, cluster: &ClusterConfiguration) -> Checked {
+    let err = |field: &str, msg: String| Err(origin.error(field, msg));
     if cluster.etcd.local.is_some() && cluster.etcd.external.is_some() {
         return err(
             "ClusterConfiguration.etcd",
@@ -371,6 +389,11 @@ pub fn validate(
             }
         }
     }
+    Ok(())
+}
+
+fn validate_gates_and_validity(origin: &Origin, cluster: &ClusterConfiguration) -> Checked {
+    let err = |field: &str, msg: String| Err(origin.error(field, msg));
     const GATES: &[&str] = &[
         "ControlPlaneKubeletLocalMode",
         "NodeLocalCRISocket",

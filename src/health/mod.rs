@@ -2,15 +2,16 @@
 //! mirror pods Ready (watched, not polled). While it waits it follows every container — through
 //! the mirror pod, or the container runtime while the API server is down — and stops as soon as
 //! a failure is certain, saying which component, its container state and exit code, the end of
-//! its log and the probable cause.
+//! its log and the probable cause. It reads; what the cluster needs created meanwhile is the
+//! caller's (`on_api_up`).
 
-mod api;
 mod diagnose;
+mod display;
 mod logs;
+mod mirror;
 mod runtime;
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -20,21 +21,21 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
 use serde_json::json;
 
-pub use api::{client, local_client};
 pub use diagnose::Container;
+use display::{seconds, Display};
 
-use crate::config::Config;
-use crate::host::Layout;
+use crate::config::{Config, GoDuration};
+use crate::manifests::{self, first_container};
+use crate::node::Layout;
 use crate::output::Output;
-use crate::render::flag;
 
 /// How often health endpoints and the runtime are asked; the mirror pods are watched.
 const TICK: Duration = Duration::from_millis(200);
 const LOG_LINES: usize = 20;
 
 /// One static pod to wait for, as its manifest on disk describes it.
-struct Component {
-    name: String,
+pub struct Component {
+    component: manifests::Component,
     pod: String,
     image: String,
     /// `None` for etcd, which kubeadm checks only through the API server.
@@ -43,6 +44,12 @@ struct Component {
     ready: Option<Duration>,
     container: Option<Container>,
     state: String,
+}
+
+impl Component {
+    fn name(&self) -> &'static str {
+        self.component.name()
+    }
 }
 
 enum Health {
@@ -61,67 +68,30 @@ impl Health {
     }
 }
 
-fn host(addr: &str, fallback: &str) -> String {
-    let addr = match addr {
-        "" => fallback,
-        "0.0.0.0" => "127.0.0.1",
-        "::" => "::1",
-        a => a,
-    };
-    if addr.contains(':') {
-        format!("[{addr}]")
-    } else {
-        addr.to_string()
-    }
-}
-
 /// The components whose manifests are in staticPodPath, with their health URLs taken from the
 /// flags in those files (as kubeadm does, so patched ports and addresses are honoured).
 fn components(layout: &Layout, node: &str) -> Result<Vec<Component>> {
     let mut found = Vec::new();
-    for name in [
-        "etcd",
-        "kube-apiserver",
-        "kube-controller-manager",
-        "kube-scheduler",
-    ] {
-        let path = layout.manifests_dir.join(format!("{name}.yaml"));
+    for component in manifests::Component::ALL {
+        let path = component.manifest(layout);
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
-        let container = crate::render::first_container(&text)
+        let container = first_container(&text)
             .with_context(|| format!("reading the manifest {}", path.display()))?;
         let command = container.command.unwrap_or_default();
-        let health = match name {
-            "kube-apiserver" => Some(Health::ApiServer {
-                server: format!(
-                    "https://{}:{}",
-                    host(
-                        flag(&command, "advertise-address").unwrap_or(""),
-                        "127.0.0.1"
-                    ),
-                    flag(&command, "secure-port").unwrap_or("6443")
-                ),
-            }),
-            "kube-controller-manager" | "kube-scheduler" => {
-                let (port, path) = if name == "kube-scheduler" {
-                    ("10259", "livez")
-                } else {
-                    ("10257", "healthz")
-                };
-                Some(Health::Insecure {
-                    url: format!(
-                        "https://{}:{}/{path}",
-                        host(flag(&command, "bind-address").unwrap_or(""), "127.0.0.1"),
-                        flag(&command, "secure-port").unwrap_or(port)
-                    ),
-                })
+        let health = component.health_endpoint(&command).map(|(base, path)| {
+            if component == manifests::Component::KubeApiserver {
+                Health::ApiServer { server: base }
+            } else {
+                Health::Insecure {
+                    url: format!("{base}/{path}"),
+                }
             }
-            _ => None,
-        };
+        });
         found.push(Component {
-            name: name.to_string(),
-            pod: format!("{name}-{node}"),
+            component,
+            pod: format!("{}-{node}", component.name()),
             image: container.image.unwrap_or_default(),
             health,
             healthy: None,
@@ -137,6 +107,21 @@ fn components(layout: &Layout, node: &str) -> Result<Vec<Component>> {
         );
     }
     Ok(found)
+}
+
+/// This node's API server (`https://<advertise-address>:<secure-port>`), from its manifest.
+pub fn api_server_url(layout: &Layout) -> Result<String> {
+    let path = manifests::Component::KubeApiserver.manifest(layout);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|_| anyhow!("no kube-apiserver manifest to wait for"))?;
+    let command = first_container(&text)
+        .with_context(|| format!("reading the manifest {}", path.display()))?
+        .command
+        .unwrap_or_default();
+    let (server, _) = manifests::Component::KubeApiserver
+        .health_endpoint(&command)
+        .expect("the API server serves health");
+    Ok(server)
 }
 
 /// Where the kubelet keeps container logs: its `podLogsDir`, `/var/log/pods` by default.
@@ -158,87 +143,44 @@ fn kubelet_healthz(cfg: &Config) -> Option<String> {
     let addr = get("healthzBindAddress")
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_else(|| "127.0.0.1".into());
-    Some(format!(
-        "http://{}:{port}/healthz",
-        host(&addr, "127.0.0.1")
-    ))
+    let host = crate::config::net::connect_host(&addr, "127.0.0.1");
+    Some(format!("http://{host}:{port}/healthz"))
 }
 
-fn seconds(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
+type PodEvents = BoxStream<'static, Result<watcher::Event<Pod>, watcher::Error>>;
+
+/// The state of one wait.
+struct Wait<'a> {
+    cfg: &'a Config,
+    components: Vec<Component>,
+    http: reqwest::Client,
+    admin: kube::Client,
+    display: Display,
+    start: Instant,
+    log_dir: PathBuf,
+    runtime: Option<runtime::Runtime>,
+    runtime_asked: Option<Instant>,
+    mirrors: BTreeMap<String, mirror::Mirror>,
+    pods: Option<PodEvents>,
 }
 
-/// Shows the components' states: a live block on a terminal, a line per change otherwise, a
-/// JSON event per change with `-o json`.
-struct Display {
+/// Waits until every control-plane component is healthy and its mirror pod Ready. Once the API
+/// server is healthy, `on_api_up` is called with the admin client at every tick until it returns
+/// true (the caller creates what the admin client needs to read pods); then the mirror pods are
+/// watched.
+pub async fn wait(
+    cfg: &Config,
+    layout: &Layout,
     out: Output,
-    live: bool,
-    drawn: usize,
-}
-
-impl Display {
-    fn change(&mut self, c: &Component, at: Duration) {
-        if self.out.json() {
-            self.out.print_json(&json!({
-                "phase": "wait-control-plane",
-                "component": c.name,
-                "state": c.state,
-                "seconds": (at.as_secs_f64() * 10.0).round() / 10.0,
-                "container": c.container,
-            }));
-        } else if !self.live {
-            println!(
-                "[wait-control-plane] {}: {} ({})",
-                c.name,
-                c.state,
-                seconds(at)
-            );
-        }
-    }
-
-    fn draw(&mut self, components: &[Component], start: Instant) {
-        if !self.live {
-            return;
-        }
-        let mut out = std::io::stdout().lock();
-        if self.drawn > 0 {
-            let _ = write!(out, "\x1b[{}A", self.drawn);
-        }
-        for c in components {
-            let at = c.ready.or(c.healthy).unwrap_or_else(|| start.elapsed());
-            let _ = writeln!(
-                out,
-                "\x1b[2K  {:<24} {:<48} {:>7}",
-                c.name,
-                c.state,
-                seconds(at)
-            );
-        }
-        let _ = out.flush();
-        self.drawn = components.len();
-    }
-
-    /// Plain lines from here on (a report, or the next phase).
-    fn end(&mut self) {
-        self.drawn = 0;
-    }
-}
-
-/// Waits until every control-plane component is healthy and its mirror pod Ready.
-pub fn wait_control_plane(cfg: &Config, layout: &Layout, out: Output) -> Result<()> {
-    crate::runtime()?.block_on(wait(cfg, layout, out))
-}
-
-async fn wait(cfg: &Config, layout: &Layout, out: Output) -> Result<()> {
+    mut on_api_up: impl AsyncFnMut(&kube::Client) -> Result<bool>,
+) -> Result<()> {
     let node = cfg.init.node_registration.name.clone();
-    let mut components = components(layout, &node)?;
-    let timeouts = &cfg.init.timeouts;
+    let components = components(layout, &node)?;
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(2))
         .tls_danger_accept_invalid_certs(true)
         .build()?;
-
     out.step(
         "wait-control-plane",
         &format!(
@@ -247,185 +189,203 @@ async fn wait(cfg: &Config, layout: &Layout, out: Output) -> Result<()> {
         ),
         json!({ "manifests": layout.manifests_dir }),
     );
-    let start = Instant::now();
-    match kubelet_healthz(cfg) {
-        None => out.step(
+    kubelet_check(cfg, &http, &out).await?;
+    announce(cfg, &components, &out);
+    let server = api_server_url(layout)?;
+    let admin = crate::kube::local_client(&layout.kubeconfig("admin.conf"), &server).await?;
+    let mut wait = Wait {
+        cfg,
+        components,
+        http,
+        admin,
+        display: Display::new(out),
+        start: Instant::now(),
+        log_dir: pod_logs_dir(cfg),
+        runtime: None,
+        runtime_asked: None,
+        mirrors: BTreeMap::new(),
+        pods: None,
+    };
+    wait.follow(&node, &mut on_api_up).await
+}
+
+async fn kubelet_check(cfg: &Config, http: &reqwest::Client, out: &Output) -> Result<()> {
+    let Some(url) = kubelet_healthz(cfg) else {
+        out.step(
             "kubelet-check",
             "Skipping the kubelet health check: healthzPort is 0",
             json!({ "skipped": true }),
+        );
+        return Ok(());
+    };
+    let start = Instant::now();
+    let limit = cfg.init.timeouts.kubelet_health_check.0;
+    out.step(
+        "kubelet-check",
+        &format!(
+            "Waiting for a healthy kubelet at {url}. This can take up to {}",
+            GoDuration(limit)
         ),
-        Some(url) => {
-            let limit = timeouts.kubelet_health_check.0;
-            out.step(
-                "kubelet-check",
-                &format!(
-                    "Waiting for a healthy kubelet at {url}. This can take up to {}",
-                    crate::config::GoDuration(limit)
-                ),
-                json!({ "url": url, "timeoutSeconds": limit.as_secs() }),
-            );
-            loop {
-                if http.get(&url).send().await.is_ok_and(|r| r.status() == 200) {
-                    break;
-                }
-                if start.elapsed() > limit {
-                    bail!(
-                        "the kubelet did not answer {url} within {}: is it running? (systemd: `systemctl status kubelet`, `journalctl -xeu kubelet`)",
-                        crate::config::GoDuration(limit)
-                    );
-                }
-                tokio::time::sleep(TICK).await;
-            }
-            out.step(
-                "kubelet-check",
-                &format!("The kubelet is healthy after {}", seconds(start.elapsed())),
-                json!({ "seconds": start.elapsed().as_secs_f64() }),
+        json!({ "url": url, "timeoutSeconds": limit.as_secs() }),
+    );
+    while !http.get(&url).send().await.is_ok_and(|r| r.status() == 200) {
+        if start.elapsed() > limit {
+            bail!(
+                "the kubelet did not answer {url} within {}: is it running? (systemd: `systemctl status kubelet`, `journalctl -xeu kubelet`)",
+                GoDuration(limit)
             );
         }
+        tokio::time::sleep(TICK).await;
     }
+    out.step(
+        "kubelet-check",
+        &format!("The kubelet is healthy after {}", seconds(start.elapsed())),
+        json!({ "seconds": start.elapsed().as_secs_f64() }),
+    );
+    Ok(())
+}
 
-    let limit = timeouts.control_plane_component_health_check.0;
+fn announce(cfg: &Config, components: &[Component], out: &Output) {
+    let limit = cfg.init.timeouts.control_plane_component_health_check.0;
     out.step(
         "control-plane-check",
         &format!(
             "Waiting for healthy control plane components. This can take up to {}",
-            crate::config::GoDuration(limit)
+            GoDuration(limit)
         ),
         json!({ "timeoutSeconds": limit.as_secs() }),
     );
-    for c in &components {
+    for c in components {
         if let Some(h) = &c.health {
             out.step(
                 "control-plane-check",
-                &format!("Checking {} at {}", c.name, h.url()),
-                json!({ "component": c.name, "url": h.url() }),
+                &format!("Checking {} at {}", c.name(), h.url()),
+                json!({ "component": c.name(), "url": h.url() }),
             );
         }
     }
+}
 
-    let mut display = Display {
-        out,
-        live: out.format == crate::output::Format::Text && std::io::stdout().is_terminal(),
-        drawn: 0,
-    };
-    let cp_start = Instant::now();
-    let admin_conf = layout.kubeconfig("admin.conf");
-    let super_admin_conf = layout.kubeconfig("super-admin.conf");
-    let server = components
-        .iter()
-        .find_map(|c| match &c.health {
-            Some(Health::ApiServer { server }) => Some(server.clone()),
-            _ => None,
-        })
-        .ok_or_else(|| anyhow!("no kube-apiserver manifest to wait for"))?;
-    let admin = api::local_client(&admin_conf, &server).await?;
-    let classes_as = if super_admin_conf.exists() {
-        &super_admin_conf
-    } else {
-        &admin_conf
-    };
-    let _early_classes = AbortOnDrop(tokio::spawn(create_priority_classes_early(
-        classes_as.clone(),
-        server.clone(),
-    )));
-    let log_dir = pod_logs_dir(cfg);
-    let pull_never = cfg.init.node_registration.image_pull_policy == "Never";
-    let mut runtime = None;
-    let mut runtime_checked: Option<Instant> = None;
-    let mut binding = false;
-    let mut mirrors: BTreeMap<String, api::Mirror> = BTreeMap::new();
-    let mut pods: Option<BoxStream<'static, Result<watcher::Event<Pod>, watcher::Error>>> = None;
-    let mut ticker = tokio::time::interval(TICK);
-
-    loop {
-        tokio::select! {
-            event = async { match pods.as_mut() { Some(s) => s.next().await, None => std::future::pending().await } } => {
-                match event {
-                    Some(Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod))) => {
-                        if let Some(name) = pod.metadata.name.clone() {
-                            mirrors.insert(name, api::mirror_facts(&pod));
-                        }
+impl Wait<'_> {
+    async fn follow(
+        &mut self,
+        node: &str,
+        on_api_up: &mut impl AsyncFnMut(&kube::Client) -> Result<bool>,
+    ) -> Result<()> {
+        let mut ticker = tokio::time::interval(TICK);
+        loop {
+            let next_event = async {
+                match self.pods.as_mut() {
+                    Some(s) => s.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                event = next_event => self.on_event(event),
+                _ = ticker.tick() => {
+                    self.check_health().await;
+                    if self.api_up() && self.pods.is_none() && on_api_up(&self.admin).await? {
+                        self.watch(node);
                     }
-                    Some(Ok(watcher::Event::Delete(pod))) => {
-                        if let Some(name) = &pod.metadata.name {
-                            mirrors.remove(name);
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => tracing::debug!("watching the mirror pods: {e}"),
-                    None => pods = None,
                 }
             }
-            _ = ticker.tick() => {
-                let checks = components.iter().map(|c| {
-                    let (http, admin) = (&http, &admin);
-                    async move {
-                        match (&c.health, c.healthy) {
-                            (Some(_), Some(_)) | (None, _) => false,
-                            (Some(Health::ApiServer { .. }), None) => api::livez(admin).await,
-                            (Some(Health::Insecure { url }), None) => {
-                                http.get(url).send().await.is_ok_and(|r| r.status() == 200)
-                            }
-                        }
-                    }
-                });
-                let results = futures::future::join_all(checks).await;
-                for (c, ok) in components.iter_mut().zip(results) {
-                    if ok {
-                        c.healthy = Some(cp_start.elapsed());
-                        display.end();
-                        display.out.step(
-                            "control-plane-check",
-                            &format!("{} is healthy after {}", c.name, seconds(cp_start.elapsed())),
-                            json!({ "component": c.name, "healthy": true, "seconds": cp_start.elapsed().as_secs_f64() }),
-                        );
+            self.update().await;
+            if self.all_ready() {
+                return Ok(());
+            }
+            self.fail_if_certain()?;
+        }
+    }
+
+    fn on_event(&mut self, event: Option<Result<watcher::Event<Pod>, watcher::Error>>) {
+        match event {
+            Some(Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod))) => {
+                if let Some(name) = pod.metadata.name.clone() {
+                    self.mirrors.insert(name, mirror::mirror_facts(&pod));
+                }
+            }
+            Some(Ok(watcher::Event::Delete(pod))) => {
+                if let Some(name) = &pod.metadata.name {
+                    self.mirrors.remove(name);
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => tracing::debug!("watching the mirror pods: {e}"),
+            None => self.pods = None,
+        }
+    }
+
+    fn watch(&mut self, node: &str) {
+        let api = kube::Api::<Pod>::namespaced(self.admin.clone(), "kube-system");
+        let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+        self.pods = Some(watcher::watcher(api, config).boxed());
+    }
+
+    fn api_up(&self) -> bool {
+        self.components
+            .iter()
+            .any(|c| matches!(c.health, Some(Health::ApiServer { .. })) && c.healthy.is_some())
+    }
+
+    /// Asks every component not healthy yet at its health endpoint.
+    async fn check_health(&mut self) {
+        let checks = self.components.iter().map(|c| {
+            let (http, admin) = (&self.http, &self.admin);
+            async move {
+                match (&c.health, c.healthy) {
+                    (Some(_), Some(_)) | (None, _) => false,
+                    (Some(Health::ApiServer { .. }), None) => mirror::livez(admin).await,
+                    (Some(Health::Insecure { url }), None) => {
+                        http.get(url).send().await.is_ok_and(|r| r.status() == 200)
                     }
                 }
-                let api_up = components.iter().any(|c| matches!(c.health, Some(Health::ApiServer { .. })) && c.healthy.is_some());
-                if api_up && !binding {
-                    binding = ensure_binding(&admin, &super_admin_conf, &server).await?;
-                    if binding {
-                        let api = kube::Api::<Pod>::namespaced(admin.clone(), "kube-system");
-                        let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-                        pods = Some(watcher::watcher(api, config).boxed());
-                    }
-                }
+            }
+        });
+        let results = futures::future::join_all(checks).await;
+        let at = self.start.elapsed();
+        for (c, ok) in self.components.iter_mut().zip(results) {
+            if ok {
+                c.healthy = Some(at);
+                self.display.end();
+                self.display.out.step(
+                    "control-plane-check",
+                    &format!("{} is healthy after {}", c.name(), seconds(at)),
+                    json!({ "component": c.name(), "healthy": true, "seconds": at.as_secs_f64() }),
+                );
             }
         }
+    }
 
-        // The runtime is asked at most once a second, and only about components not yet Ready.
-        let ask_runtime = runtime_checked.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+    /// Each component's facts from its mirror pod, or (at most once a second, only for those not
+    /// Ready) from the container runtime; a changed state is shown.
+    async fn update(&mut self) {
+        let ask_runtime = self
+            .runtime_asked
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
         if ask_runtime {
-            runtime_checked = Some(Instant::now());
-            if runtime.is_none() {
-                match runtime::Runtime::connect(&cfg.init.node_registration.cri_socket).await {
-                    Ok(r) => runtime = Some(r),
+            self.runtime_asked = Some(Instant::now());
+            if self.runtime.is_none() {
+                match runtime::Runtime::connect(&self.cfg.init.node_registration.cri_socket).await {
+                    Ok(r) => self.runtime = Some(r),
                     Err(e) => tracing::debug!("{e:#}"),
                 }
             }
         }
-        for c in components.iter_mut() {
-            if let Some(m) = mirrors.get(&c.pod) {
+        let pull_never = self.cfg.init.node_registration.image_pull_policy == "Never";
+        let at = self.start.elapsed();
+        for c in self.components.iter_mut() {
+            if let Some(m) = self.mirrors.get(&c.pod) {
                 c.container = Some(m.container.clone());
                 if m.ready
                     && c.ready.is_none()
                     && c.health.as_ref().is_none_or(|_| c.healthy.is_some())
                 {
-                    c.ready = Some(cp_start.elapsed());
+                    c.ready = Some(at);
                 }
             } else if ask_runtime && c.ready.is_none() {
-                if let Some(r) = runtime.as_mut() {
+                if let Some(r) = self.runtime.as_mut() {
                     match r.container(&c.pod, &c.image).await {
-                        Ok(mut facts) => {
-                            if facts.image_missing && !pull_never {
-                                facts = Container {
-                                    state: "pulling".into(),
-                                    ..facts
-                                };
-                                facts.image_missing = false;
-                            }
-                            c.container = Some(facts);
-                        }
+                        Ok(facts) => c.container = Some(pulling_unless_never(facts, pull_never)),
                         Err(e) => tracing::debug!("asking the runtime about {}: {e:#}", c.pod),
                     }
                 }
@@ -433,127 +393,103 @@ async fn wait(cfg: &Config, layout: &Layout, out: Output) -> Result<()> {
             let state = state_of(c);
             if state != c.state {
                 c.state = state;
-                display.change(c, cp_start.elapsed());
+                self.display.change(c, at);
             }
         }
-        display.draw(&components, cp_start);
+        self.display.draw(&self.components, self.start);
+    }
 
-        if components.iter().all(|c| c.ready.is_some()) {
-            display.end();
-            let slowest = components
-                .iter()
-                .filter_map(|c| c.ready)
-                .max()
+    fn all_ready(&mut self) -> bool {
+        if self.components.iter().any(|c| c.ready.is_none()) {
+            return false;
+        }
+        self.display.end();
+        let slowest = self
+            .components
+            .iter()
+            .filter_map(|c| c.ready)
+            .max()
+            .unwrap_or_default();
+        let each: Vec<_> = self
+            .components
+            .iter()
+            .map(|c| json!({"component": c.name(), "healthySeconds": c.healthy.map(|d| d.as_secs_f64()), "readySeconds": c.ready.map(|d| d.as_secs_f64())}))
+            .collect();
+        self.display.out.step(
+            "wait-control-plane",
+            &format!(
+                "All control plane components are healthy and their mirror pods Ready after {}",
+                seconds(slowest)
+            ),
+            json!({ "ready": true, "seconds": slowest.as_secs_f64(), "components": each }),
+        );
+        true
+    }
+
+    /// Whether `c` cannot come up for certain: only a container that ended or cannot start can
+    /// fail for certain, and its log must say why (or it crash-loops).
+    fn failed_for_certain(&self, c: &Component) -> bool {
+        if c.healthy.is_some() && c.ready.is_some() {
+            return false;
+        }
+        c.container.as_ref().is_some_and(|facts| {
+            if facts.exit_code.is_none() && facts.reason.is_none() && !facts.image_missing {
+                return false;
+            }
+            let log = logs::tail(&self.log_dir, &c.pod, c.name(), LOG_LINES)
+                .map(|t| t.1)
                 .unwrap_or_default();
-            display.out.step(
-                "wait-control-plane",
-                &format!("All control plane components are healthy and their mirror pods Ready after {}", seconds(slowest)),
-                json!({ "ready": true, "seconds": slowest.as_secs_f64(), "components": components.iter().map(|c| json!({"component": c.name, "healthySeconds": c.healthy.map(|d| d.as_secs_f64()), "readySeconds": c.ready.map(|d| d.as_secs_f64())})).collect::<Vec<_>>() }),
-            );
+            diagnose::diagnose(facts, &log).is_some_and(|d| d.certain)
+        })
+    }
+
+    /// Stops the wait with a report when a component failed for certain or time is up.
+    fn fail_if_certain(&mut self) -> Result<()> {
+        let certain: Vec<&Component> = self
+            .components
+            .iter()
+            .filter(|c| self.failed_for_certain(c))
+            .collect();
+        let limit = self
+            .cfg
+            .init
+            .timeouts
+            .control_plane_component_health_check
+            .0;
+        let timed_out = self.start.elapsed() > limit;
+        if certain.is_empty() && !timed_out {
             return Ok(());
         }
-        let certain: Vec<usize> = components
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.healthy.is_none() || c.ready.is_none())
-            .filter(|(_, c)| {
-                c.container.as_ref().is_some_and(|facts| {
-                    // Only a container that ended or cannot start can fail for certain.
-                    if facts.exit_code.is_none() && facts.reason.is_none() && !facts.image_missing {
-                        return false;
-                    }
-                    let log = logs::tail(&log_dir, &c.pod, &c.name, LOG_LINES)
-                        .map(|t| t.1)
-                        .unwrap_or_default();
-                    diagnose::diagnose(facts, &log).is_some_and(|d| d.certain)
-                })
-            })
-            .map(|(i, _)| i)
-            .collect();
-        let timed_out = cp_start.elapsed() > limit;
-        if !certain.is_empty() || timed_out {
-            display.end();
-            let failing: Vec<&Component> = if certain.is_empty() {
-                components.iter().filter(|c| c.ready.is_none()).collect()
-            } else {
-                certain.iter().map(|&i| &components[i]).collect()
-            };
-            report(&display.out, &failing, timed_out.then_some(limit), &log_dir);
-            let names: Vec<&str> = failing.iter().map(|c| c.name.as_str()).collect();
-            bail!("the control plane did not come up: {}", names.join(", "));
-        }
+        let failing: Vec<&Component> = if certain.is_empty() {
+            self.components
+                .iter()
+                .filter(|c| c.ready.is_none())
+                .collect()
+        } else {
+            certain
+        };
+        self.display.end();
+        report(
+            &self.display.out,
+            &failing,
+            timed_out.then_some(limit),
+            &self.log_dir,
+        );
+        let names: Vec<&str> = failing.iter().map(|c| c.name()).collect();
+        bail!("the control plane did not come up: {}", names.join(", "));
     }
 }
 
-/// Creates the API server's built-in PriorityClasses the moment it takes requests. The kubelet
-/// creates its mirror pods within 0.1 s of its Node registering; the API server's own hook makes
-/// these classes a second after it starts serving, so without this every mirror pod is refused
-/// ("no PriorityClass with name system-node-critical") and asked for again only at that pod's
-/// next sync (its startup probe passing, or the kubelet's one-minute resync). Until the API
-/// server listens each try is refused at once; then a try waits inside the API server until it
-/// serves, and is answered together with the kubelet's registration — usually just before it.
-/// Only a speed-up: without it the API server makes the classes itself, so it never fails the wait.
-async fn create_priority_classes_early(kubeconfig: PathBuf, server: String) {
-    let client = match api::local_client(&kubeconfig, &server).await {
-        Ok(client) => client,
-        Err(e) => {
-            tracing::debug!("creating the system PriorityClasses: {e:#}");
-            return;
+/// A missing image the kubelet may still pull is being pulled, not missing.
+fn pulling_unless_never(facts: Container, pull_never: bool) -> Container {
+    if facts.image_missing && !pull_never {
+        Container {
+            state: "pulling".into(),
+            image_missing: false,
+            ..facts
         }
-    };
-    loop {
-        match tokio::time::timeout(
-            Duration::from_secs(10),
-            api::create_system_priority_classes(&client),
-        )
-        .await
-        {
-            Ok(Ok(())) => {
-                tracing::debug!("the system PriorityClasses are in place");
-                return;
-            }
-            Ok(Err(e)) => tracing::debug!("creating the system PriorityClasses: {e:#}"),
-            Err(_) => tracing::debug!("creating the system PriorityClasses: no answer in 10 s"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// admin.conf first, super-admin.conf when admin.conf is not allowed yet (contract 2.4). Returns
-/// false while the API server does not accept the request yet.
-async fn ensure_binding(
-    admin: &kube::Client,
-    super_admin_conf: &Path,
-    server: &str,
-) -> Result<bool> {
-    match api::create_cluster_admins_binding(admin).await {
-        Ok(api::Created::Done) => return Ok(true),
-        Ok(api::Created::Forbidden) => {}
-        Err(e) => {
-            tracing::debug!("creating the kubeadm:cluster-admins binding: {e:#}");
-            return Ok(false);
-        }
-    }
-    tracing::info!("creating the ClusterRoleBinding for the kubeadm:cluster-admins Group by using super-admin.conf");
-    let super_admin = api::local_client(super_admin_conf, server).await?;
-    match api::create_cluster_admins_binding(&super_admin).await {
-        Ok(api::Created::Done) => Ok(true),
-        Ok(api::Created::Forbidden) => bail!(
-            "{} may not create the kubeadm:cluster-admins ClusterRoleBinding",
-            super_admin_conf.display()
-        ),
-        Err(e) => {
-            tracing::debug!("creating the kubeadm:cluster-admins binding: {e:#}");
-            Ok(false)
-        }
+    } else {
+        facts
     }
 }
 
@@ -575,7 +511,7 @@ fn report(out: &Output, failing: &[&Component], timed_out: Option<Duration>, log
             state: "not started".into(),
             ..Default::default()
         });
-        let tail = logs::tail(log_dir, &c.pod, &c.name, LOG_LINES);
+        let tail = logs::tail(log_dir, &c.pod, c.name(), LOG_LINES);
         let log = tail.as_ref().map(|t| t.1.clone()).unwrap_or_default();
         let diagnosis = diagnose::diagnose(&facts, &log);
         let cause = diagnosis.as_ref().map_or_else(
@@ -583,23 +519,23 @@ fn report(out: &Output, failing: &[&Component], timed_out: Option<Duration>, log
             |d| d.cause.clone(),
         );
         let verdict = match timed_out {
-            Some(limit) => format!("is not healthy after {}", crate::config::GoDuration(limit)),
+            Some(limit) => format!("is not healthy after {}", GoDuration(limit)),
             None => "will not come up".to_string(),
         };
         if out.json() {
             out.print_json(&json!({
                 "phase": "wait-control-plane",
-                "component": c.name,
+                "component": c.name(),
                 "healthy": false,
                 "container": facts,
                 "logFile": tail.as_ref().map(|t| &t.0),
                 "log": log,
                 "cause": cause,
-                "message": format!("{} {verdict}", c.name),
+                "message": format!("{} {verdict}", c.name()),
             }));
             continue;
         }
-        println!("[wait-control-plane] {} {verdict}", c.name);
+        println!("[wait-control-plane] {} {verdict}", c.name());
         println!("  container: {}", facts.summary());
         match &tail {
             Some((file, lines)) => {
@@ -612,7 +548,7 @@ fn report(out: &Output, failing: &[&Component], timed_out: Option<Duration>, log
                 "  no log under {}/kube-system_{}_*/{}/",
                 log_dir.display(),
                 c.pod,
-                c.name
+                c.name()
             ),
         }
         println!("  probable cause: {cause}");

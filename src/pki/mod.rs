@@ -2,8 +2,8 @@
 //! `pki/` (compiled in); this module turns a profile plus the config into a certificate, and
 //! checks an existing certificate against what its profile requires.
 
-pub mod expiration;
 pub mod keys;
+pub mod plan;
 
 use anyhow::{anyhow, bail, Context, Result};
 use rcgen::{
@@ -88,7 +88,7 @@ pub fn certificate_profiles() -> Vec<CertProfile> {
 
 /// On a node with no PKI and no kubeconfigs yet, starts making every key a whole `init` needs,
 /// so that the RSA prime search runs while preflight does.
-pub fn prefetch_keys(cfg: &crate::config::Config, layout: &crate::host::Layout, skip: &[String]) {
+pub fn prefetch_keys(cfg: &Config, layout: &crate::node::Layout, skip: &[String]) {
     if skip
         .iter()
         .any(|s| s.starts_with("certs") || s.starts_with("kubeconfig"))
@@ -373,6 +373,22 @@ pub fn check(
     if spec.is_ca {
         return Ok(problems);
     }
+    check_subject(&cert, spec, &mut problems);
+    check_sans_and_usages(&cert, spec, &mut problems);
+    if let Some(issuer_der) = issuer_der {
+        let (_, signer) = X509Certificate::from_der(issuer_der).map_err(|e| anyhow!("{e}"))?;
+        if let Err(why) = verify_signature(&cert, signer.public_key()) {
+            problems.push(format!(
+                "it is not signed by the expected CA \"{}\" ({why})",
+                signer.subject()
+            ));
+        }
+    }
+    Ok(problems)
+}
+
+/// Its common name and organizations are the spec's.
+fn check_subject(cert: &X509Certificate, spec: &Spec, problems: &mut Vec<String>) {
     let cn: Vec<_> = cert
         .subject()
         .iter_common_name()
@@ -397,7 +413,11 @@ pub fn check(
             "its organizations are {orgs:?}, expected {want_orgs:?}"
         ));
     }
-    let (have_dns, have_ips) = cert_sans(&cert);
+}
+
+/// It carries at least the spec's SANs, and its extended key usages.
+fn check_sans_and_usages(cert: &X509Certificate, spec: &Spec, problems: &mut Vec<String>) {
+    let (have_dns, have_ips) = cert_sans(cert);
     let missing_dns: Vec<_> = spec.dns.iter().filter(|d| !have_dns.contains(d)).collect();
     let missing_ips: Vec<_> = spec.ips.iter().filter(|i| !have_ips.contains(i)).collect();
     if !missing_dns.is_empty() || !missing_ips.is_empty() {
@@ -417,17 +437,6 @@ pub fn check(
             problems.push(format!("its extended key usage lacks {usage:?}Auth").to_lowercase());
         }
     }
-
-    if let Some(issuer_der) = issuer_der {
-        let (_, signer) = X509Certificate::from_der(issuer_der).map_err(|e| anyhow!("{e}"))?;
-        if let Err(why) = verify_signature(&cert, signer.public_key()) {
-            problems.push(format!(
-                "it is not signed by the expected CA \"{}\" ({why})",
-                signer.subject()
-            ));
-        }
-    }
-    Ok(problems)
 }
 
 pub fn cert_sans(cert: &X509Certificate) -> (Vec<String>, Vec<IpAddr>) {

@@ -1,0 +1,3 @@
+//! The certificates' lifecycle on a node, over the PKI and the kubeconfigs: when each expires.
+
+pub mod expiration;

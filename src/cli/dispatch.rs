@@ -1,0 +1,187 @@
+//! Each command, from its parsed flags to the workflow or domain function that does it.
+
+use anyhow::Result;
+use clap::CommandFactory;
+use std::path::Path;
+
+use super::{
+    CertsCommand, Cli, ClusterAccess, Command, ConfigCommand, Global, ImagesCommand, InitArgs,
+    InitFlags, InitSubcommand, JoinArgs, JoinSubcommand, PrintCommand, TokenCommand,
+};
+use crate::config::{self, CertificateKey, Token};
+use crate::node::Layout;
+use crate::output::Output;
+use crate::workflow::{self, Env, Selection};
+
+pub fn run(cli: Cli) -> Result<()> {
+    let out = Output {
+        format: cli.global.output,
+    };
+    let global = &cli.global;
+    match cli.command {
+        Command::Init(args) => init(global, *args, out),
+        Command::Join(args) => join(global, *args, out),
+        Command::Config(command) => config_command(global, command, out),
+        Command::Certs(command) => certs(global, command, out),
+        Command::Token(command) => token(global, command, out),
+        Command::Reset {
+            force,
+            dry_run,
+            cert_dir,
+        } => {
+            let pki = cert_dir.unwrap_or_else(|| global.kubernetes_dir.join("pki"));
+            let layout = Layout::new(
+                &global.kubernetes_dir,
+                &global.kubelet_dir,
+                &pki,
+                Path::new("/var/lib/etcd"),
+            );
+            workflow::reset::run(layout, out, force, dry_run)
+        }
+        Command::Version => {
+            version(out);
+            Ok(())
+        }
+        Command::Completion { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "kubeforge",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The config of an init: the file and the flags, validated before anything is written.
+fn load(global: &Global, flags: &InitFlags) -> Result<config::Config> {
+    Ok(config::load(
+        flags.config.as_deref(),
+        &flags.overrides(),
+        &global.kubernetes_dir,
+    )?)
+}
+
+fn init(global: &Global, args: InitArgs, out: Output) -> Result<()> {
+    let (flags, selection) = match args.phase {
+        None => (args.flags, Selection::default()),
+        Some(InitSubcommand::Phase { name, sub, flags }) => (
+            flags,
+            Selection {
+                phase: Some(name),
+                child: sub,
+                skip: Vec::new(),
+            },
+        ),
+    };
+    let cfg = load(global, &flags)?;
+    let selection = Selection {
+        skip: cfg.init.skip_phases.clone(),
+        ..selection
+    };
+    let env = Env::open(
+        cfg,
+        &global.kubernetes_dir,
+        &global.kubelet_dir,
+        flags.templates.clone(),
+        out,
+    )?;
+    workflow::init::run(env, &selection)
+}
+
+fn join(global: &Global, args: JoinArgs, out: Output) -> Result<()> {
+    let (flags, selection) = match args.phase {
+        None => (args.flags, Selection::default()),
+        Some(JoinSubcommand::Phase { name, flags }) => (
+            flags,
+            Selection {
+                phase: Some(name),
+                ..Selection::default()
+            },
+        ),
+    };
+    let request = config::join::JoinOptions::from(flags).check()?;
+    workflow::join::run(
+        request,
+        &global.kubernetes_dir,
+        &global.kubelet_dir,
+        out,
+        &selection,
+    )
+}
+
+fn config_command(global: &Global, command: ConfigCommand, out: Output) -> Result<()> {
+    match command {
+        ConfigCommand::Print(PrintCommand::InitDefaults) => {
+            print!("{}", config::print_init_defaults());
+        }
+        ConfigCommand::Validate { config: path } => {
+            config::load(Some(&path), &Default::default(), &global.kubernetes_dir)?;
+            println!("ok");
+        }
+        ConfigCommand::Images(ImagesCommand::List { flags }) => {
+            let images = crate::manifests::images(&load(global, &flags)?);
+            if out.json() {
+                out.print_json(&serde_json::json!({ "images": images }));
+            } else {
+                images.iter().for_each(|i| println!("{i}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn certs(global: &Global, command: CertsCommand, out: Output) -> Result<()> {
+    match command {
+        CertsCommand::CheckExpiration { config, cert_dir } => {
+            let mut overrides = config::Overrides::default();
+            overrides
+                .set
+                .extend(cert_dir.map(|d| (config::Flag::CertDir, d)));
+            let cfg = config::load(config.as_deref(), &overrides, &global.kubernetes_dir)?;
+            crate::certs::expiration::report(&cfg, &global.kubernetes_dir, out)
+        }
+        CertsCommand::CertificateKey => {
+            println!("{}", CertificateKey::generate());
+            Ok(())
+        }
+    }
+}
+
+fn token(global: &Global, command: TokenCommand, out: Output) -> Result<()> {
+    use crate::cluster::tokens;
+    let admin = |access: ClusterAccess| {
+        access
+            .kubeconfig
+            .unwrap_or_else(|| global.kubernetes_dir.join("admin.conf"))
+    };
+    match command {
+        TokenCommand::Create { token, access } => {
+            tokens::create(&token.into(), &admin(access), &global.kubernetes_dir, out)
+        }
+        TokenCommand::List { access } => tokens::list(&admin(access), out),
+        TokenCommand::Delete { ids, access } => tokens::delete(&ids, &admin(access), out),
+        TokenCommand::Generate => {
+            println!("{}", Token::generate());
+            Ok(())
+        }
+    }
+}
+
+fn version(out: Output) {
+    let version = env!("CARGO_PKG_VERSION");
+    if out.json() {
+        out.print_json(&serde_json::json!({
+            "kubeforgeVersion": version,
+            "defaultKubernetesVersion": config::DEFAULT_KUBERNETES_VERSION,
+            "supportedKubernetesVersions": config::SUPPORTED_VERSIONS,
+        }));
+    } else {
+        println!(
+            "kubeforge version {version} (kubeadm v1beta4 compatible; Kubernetes {}, default {})",
+            config::SUPPORTED_VERSIONS,
+            config::DEFAULT_KUBERNETES_VERSION
+        );
+    }
+}

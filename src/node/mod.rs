@@ -1,0 +1,93 @@
+//! The node: its paths (one `Layout`), its hostname, and the one writer every host file goes
+//! through (and every removal).
+
+mod writer;
+
+pub use writer::{journal_entries, HostWriter, Outcome};
+
+use std::path::{Path, PathBuf};
+
+/// Every host path kubeforge touches derives from this struct.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// `/etc/kubernetes` (`--kubernetes-dir`): kubeconfigs live here.
+    pub kubernetes_dir: PathBuf,
+    /// `<kubernetes_dir>/manifests`: the kubelet's staticPodPath.
+    pub manifests_dir: PathBuf,
+    /// `certificatesDir` from the config (default `<kubernetes_dir>/pki`).
+    pub pki_dir: PathBuf,
+    /// `/var/lib/kubelet` (`--kubelet-dir`).
+    pub kubelet_dir: PathBuf,
+    /// `etcd.local.dataDir`.
+    pub etcd_data_dir: PathBuf,
+    /// `<kubernetes_dir>/tmp`: backups of replaced files.
+    pub backup_dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(
+        kubernetes_dir: &Path,
+        kubelet_dir: &Path,
+        pki_dir: &Path,
+        etcd_data_dir: &Path,
+    ) -> Self {
+        Layout {
+            kubernetes_dir: kubernetes_dir.to_path_buf(),
+            manifests_dir: kubernetes_dir.join("manifests"),
+            pki_dir: pki_dir.to_path_buf(),
+            kubelet_dir: kubelet_dir.to_path_buf(),
+            etcd_data_dir: etcd_data_dir.to_path_buf(),
+            backup_dir: kubernetes_dir.join("tmp"),
+        }
+    }
+
+    /// The host writer's journal of every path it created.
+    pub fn journal(&self) -> PathBuf {
+        self.backup_dir.join("kubeforge-journal")
+    }
+
+    pub fn kubeconfig(&self, file: &str) -> PathBuf {
+        self.kubernetes_dir.join(file)
+    }
+
+    /// `<pki>/<base>.crt` and `<pki>/<base>.key`.
+    pub fn cert_and_key(&self, base: &str) -> (PathBuf, PathBuf) {
+        (
+            self.pki_dir.join(format!("{base}.crt")),
+            self.pki_dir.join(format!("{base}.key")),
+        )
+    }
+}
+
+/// The node's hostname as the kernel has it (kubeadm's default node name, lower-cased by the
+/// callers that need a node name).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+        })
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// A file as kubeforge writes it: where, what, and its mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct File {
+    pub path: PathBuf,
+    pub contents: Vec<u8>,
+    pub mode: u32,
+}
+
+impl File {
+    pub fn new(path: PathBuf, contents: impl AsRef<[u8]>, mode: u32) -> File {
+        File {
+            path,
+            contents: contents.as_ref().to_vec(),
+            mode,
+        }
+    }
+}

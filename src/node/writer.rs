@@ -1,0 +1,502 @@
+//! The one writer for host files: atomic, exact modes, identical content left untouched, replaced
+//! content backed up first, a lock so two runs never interleave, and a dry-run that redirects
+//! every write into a temporary directory.
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use super::Layout;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Same bytes and mode were already there: not touched at all.
+    Unchanged,
+    Created,
+    /// Different content was there; the old file was copied to `backup` first.
+    Replaced {
+        backup: PathBuf,
+    },
+    /// Same bytes, wrong mode: only the mode was fixed.
+    ModeFixed,
+    /// Dry-run: written under the dry-run directory instead.
+    WouldWrite,
+}
+
+pub struct HostWriter {
+    /// A dry-run's directory: every write lands under it instead of the node.
+    dry_run_root: Option<PathBuf>,
+    /// A preview (`reset --dry-run`): nothing is written or removed, and there is no lock.
+    preview: bool,
+    backup_root: PathBuf,
+    backup_run_dir: Option<PathBuf>,
+    /// Every path kubeforge created on this node, written ahead of creating it, so that `reset`
+    /// knows exactly what to remove even after a crash.
+    journal: Option<Journal>,
+    _lock: Option<nix::fcntl::Flock<File>>,
+}
+
+struct Journal {
+    path: PathBuf,
+    entries: std::collections::BTreeSet<PathBuf>,
+    /// Directories created for the lock, not journaled until something is written.
+    pending: Vec<PathBuf>,
+}
+
+impl Journal {
+    fn load(path: PathBuf) -> Result<Journal> {
+        let entries = read_opt(&path)?
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .lines()
+                    .map(PathBuf::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Journal {
+            path,
+            entries,
+            pending: Vec::new(),
+        })
+    }
+
+    fn note(&mut self, path: &Path) -> Result<()> {
+        for dir in std::mem::take(&mut self.pending) {
+            self.note(&dir)?;
+        }
+        if self.entries.contains(path) {
+            return Ok(());
+        }
+        if let Some(dir) = self.path.parent() {
+            if !dir.is_dir() {
+                fs::create_dir_all(dir)?;
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+                self.entries.insert(dir.to_path_buf());
+                append_line(&self.path, dir)?;
+            }
+        }
+        append_line(&self.path, path)?;
+        self.entries.insert(path.to_path_buf());
+        Ok(())
+    }
+}
+
+fn append_line(journal: &Path, entry: &Path) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(journal)
+        .with_context(|| format!("opening the journal {}", journal.display()))?;
+    writeln!(f, "{}", entry.display())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// The journal of a node: every path kubeforge created there, in creation order's set.
+pub fn journal_entries(layout: &Layout) -> Result<Vec<PathBuf>> {
+    Ok(Journal::load(layout.journal())?
+        .entries
+        .into_iter()
+        .collect())
+}
+
+/// The directories `create_dir_all_mode(path)` would create, outermost first.
+fn missing_dirs(path: &Path) -> Vec<PathBuf> {
+    let mut missing: Vec<PathBuf> = path
+        .ancestors()
+        .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
+        .map(Path::to_path_buf)
+        .collect();
+    missing.reverse();
+    missing
+}
+
+impl HostWriter {
+    /// Takes the node lock (an exclusive flock on the kubernetes dir) for a real run; a dry-run
+    /// takes no lock and creates a fresh temporary directory instead.
+    pub fn open(layout: &Layout, dry_run: bool) -> Result<Self> {
+        if dry_run {
+            let dir = tempfile::Builder::new()
+                .prefix("kubeforge-dryrun-")
+                .tempdir()
+                .context("creating the dry-run directory")?
+                .keep();
+            return Ok(HostWriter {
+                dry_run_root: Some(dir),
+                preview: false,
+                backup_root: layout.backup_dir.clone(),
+                backup_run_dir: None,
+                journal: None,
+                _lock: None,
+            });
+        }
+        let new_dirs = missing_dirs(&layout.kubernetes_dir);
+        create_dir_all_mode(&layout.kubernetes_dir, 0o755)?;
+        let dir = File::open(&layout.kubernetes_dir)
+            .with_context(|| format!("opening {}", layout.kubernetes_dir.display()))?;
+        let lock = nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, errno)| {
+                anyhow!(
+                    "another kubeforge run holds the lock on {} ({errno}); wait for it to finish",
+                    layout.kubernetes_dir.display()
+                )
+            })?;
+        let mut journal = Journal::load(layout.journal())?;
+        // Journaled with the first file: a run that writes nothing (a failed preflight) leaves
+        // no trace, and Drop removes these again.
+        journal.pending = new_dirs;
+        Ok(HostWriter {
+            dry_run_root: None,
+            preview: false,
+            backup_root: layout.backup_dir.clone(),
+            backup_run_dir: None,
+            journal: Some(journal),
+            _lock: Some(lock),
+        })
+    }
+
+    /// A writer that changes nothing and takes no lock: what `reset --dry-run` removes is only
+    /// listed.
+    pub fn preview(layout: &Layout) -> Self {
+        HostWriter {
+            dry_run_root: None,
+            preview: true,
+            backup_root: layout.backup_dir.clone(),
+            backup_run_dir: None,
+            journal: None,
+            _lock: None,
+        }
+    }
+
+    pub fn dry_run_dir(&self) -> Option<&Path> {
+        self.dry_run_root.as_deref()
+    }
+
+    /// Whether this writer leaves the node as it is (a dry-run or a preview).
+    pub fn changes_nothing(&self) -> bool {
+        self.dry_run_root.is_some() || self.preview
+    }
+
+    /// Whether `path` exists as this run sees it (a dry-run sees what it wrote, then the host).
+    pub fn exists(&self, path: &Path) -> bool {
+        self.target(path).exists() || path.exists()
+    }
+
+    /// A file of the dry-run's own (the cluster objects a dry-run would apply), at `relative`
+    /// under the dry-run directory; its path. Outside a dry-run there is no such file.
+    pub fn write_dry_run_file(&mut self, relative: &Path, contents: &[u8]) -> Result<PathBuf> {
+        let root = self
+            .dry_run_root
+            .as_ref()
+            .ok_or_else(|| anyhow!("not a dry-run: {} is not written", relative.display()))?;
+        let path = root.join(relative);
+        if let Some(parent) = path.parent() {
+            create_dir_all_mode(parent, 0o755)?;
+        }
+        write_atomic(&path, contents, 0o644)?;
+        Ok(path)
+    }
+
+    /// Where a write to `path` really lands (under the dry-run dir in a dry-run).
+    pub fn target(&self, path: &Path) -> PathBuf {
+        match &self.dry_run_root {
+            Some(root) => root.join(strip_root(path)),
+            None => path.to_path_buf(),
+        }
+    }
+
+    /// Current content of `path` as this run sees it: in a dry-run, what this run already wrote
+    /// to the dry-run dir, else what is on the host.
+    pub fn read(&self, path: &Path) -> Result<Option<Vec<u8>>> {
+        let target = self.target(path);
+        if target != path {
+            if let Some(bytes) = read_opt(&target)? {
+                return Ok(Some(bytes));
+            }
+        }
+        read_opt(path)
+    }
+
+    pub fn ensure_dir(&mut self, path: &Path, mode: u32) -> Result<()> {
+        self.note_new_dirs(path)?;
+        create_dir_all_mode(&self.target(path), mode)
+    }
+
+    fn note_new_dirs(&mut self, dir: &Path) -> Result<()> {
+        if let Some(journal) = &mut self.journal {
+            for d in missing_dirs(dir) {
+                journal.note(&d)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a file kubeforge wrote once it has served (it stays in the journal; `reset`
+    /// passes over what is gone). Nothing happens in a dry-run.
+    pub fn remove(&mut self, path: &Path) -> Result<()> {
+        if self.changes_nothing() {
+            return Ok(());
+        }
+        match fs::remove_file(path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", path.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes a directory kubeforge filled (etcd's member data, backups) with everything in it.
+    pub fn remove_tree(&mut self, path: &Path) -> Result<()> {
+        if self.changes_nothing() {
+            return Ok(());
+        }
+        match fs::remove_dir_all(path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", path.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes a directory if it is empty; true when it is gone (or would be, in a preview).
+    pub fn remove_empty_dir(&mut self, path: &Path) -> Result<bool> {
+        let empty = fs::read_dir(path)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !empty || self.changes_nothing() {
+            return Ok(empty);
+        }
+        fs::remove_dir(path).with_context(|| format!("removing {}", path.display()))?;
+        Ok(true)
+    }
+
+    pub fn write(&mut self, path: &Path, contents: &[u8], mode: u32) -> Result<Outcome> {
+        if self.preview {
+            bail!("{} is not written: this run only previews", path.display());
+        }
+        let existing = read_opt(path)?;
+        if existing.as_deref() == Some(contents) {
+            let current = fs::metadata(path)?.permissions().mode() & 0o7777;
+            if current == mode {
+                return Ok(Outcome::Unchanged);
+            }
+            if self.dry_run_root.is_none() {
+                fs::set_permissions(path, fs::Permissions::from_mode(mode))
+                    .with_context(|| format!("setting the mode of {}", path.display()))?;
+                return Ok(Outcome::ModeFixed);
+            }
+        }
+        let target = self.target(path);
+        if let Some(parent) = target.parent() {
+            self.note_new_dirs(parent)?;
+            create_dir_all_mode(parent, 0o755)?;
+        }
+        if self.dry_run_root.is_some() {
+            write_atomic(&target, contents, mode)?;
+            return Ok(Outcome::WouldWrite);
+        }
+        match existing {
+            Some(_) => {
+                let backup = self.backup(path)?;
+                write_atomic(path, contents, mode)?;
+                Ok(Outcome::Replaced { backup })
+            }
+            None => {
+                if let Some(journal) = &mut self.journal {
+                    journal.note(path)?;
+                }
+                write_atomic(path, contents, mode)?;
+                Ok(Outcome::Created)
+            }
+        }
+    }
+
+    fn backup(&mut self, path: &Path) -> Result<PathBuf> {
+        if self.backup_run_dir.is_none() {
+            let stamp = time::OffsetDateTime::now_utc()
+                .format(time::macros::format_description!(
+                    "[year]-[month]-[day]-[hour]-[minute]-[second]"
+                ))
+                .expect("static format");
+            let dir = self.backup_root.join(format!("kubeforge-backup-{stamp}"));
+            create_dir_all_mode(&dir, 0o700)?;
+            self.backup_run_dir = Some(dir);
+        }
+        let dest = self
+            .backup_run_dir
+            .as_ref()
+            .expect("set above")
+            .join(strip_root(path));
+        if let Some(parent) = dest.parent() {
+            create_dir_all_mode(parent, 0o700)?;
+        }
+        let mode = fs::metadata(path)?.permissions().mode() & 0o7777;
+        let bytes = fs::read(path)?;
+        write_atomic(&dest, &bytes, mode)?;
+        Ok(dest)
+    }
+}
+
+impl Drop for HostWriter {
+    fn drop(&mut self) {
+        if let Some(journal) = &self.journal {
+            for dir in journal.pending.iter().rev() {
+                let _ = fs::remove_dir(dir);
+            }
+        }
+    }
+}
+
+fn strip_root(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect()
+}
+
+fn read_opt(path: &Path) -> Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// mkdir -p where every directory this call creates gets `mode` exactly (umask bypassed);
+/// existing directories are left as they are.
+fn create_dir_all_mode(path: &Path, mode: u32) -> Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        if !parent.as_os_str().is_empty() {
+            create_dir_all_mode(parent, 0o755)?;
+        }
+    }
+    match fs::create_dir(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists && path.is_dir() => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))
+}
+
+/// Temp file in the same directory, fsync, rename over the target, fsync the directory: a crash
+/// leaves either the old file or the new one, never half of one.
+fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent directory", path.display()))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow!("{} has no file name", path.display()))?
+        .to_string_lossy();
+    let mut attempt = 0u32;
+    let (tmp, mut file) = loop {
+        let tmp = dir.join(format!(
+            ".{name}.kubeforge-{}-{attempt}",
+            std::process::id()
+        ));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+        {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && attempt < 16 => attempt += 1,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", tmp.display())),
+        }
+    };
+    let result = (|| -> Result<()> {
+        file.write_all(contents)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        bail!("writing {}: {e:#}", path.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(root: &Path) -> Layout {
+        Layout::new(
+            &root.join("etc/kubernetes"),
+            &root.join("var/lib/kubelet"),
+            &root.join("etc/kubernetes/pki"),
+            &root.join("var/lib/etcd"),
+        )
+    }
+
+    #[test]
+    fn identical_content_is_left_untouched_and_changes_are_backed_up() {
+        let root = tempfile::tempdir().unwrap();
+        let l = layout(root.path());
+        let mut w = HostWriter::open(&l, false).unwrap();
+        let f = l.pki_dir.join("x.key");
+        assert_eq!(w.write(&f, b"one", 0o600).unwrap(), Outcome::Created);
+        let mtime = fs::metadata(&f).unwrap().modified().unwrap();
+        assert_eq!(w.write(&f, b"one", 0o600).unwrap(), Outcome::Unchanged);
+        assert_eq!(fs::metadata(&f).unwrap().modified().unwrap(), mtime);
+        assert_eq!(w.write(&f, b"one", 0o644).unwrap(), Outcome::ModeFixed);
+        match w.write(&f, b"two", 0o600).unwrap() {
+            Outcome::Replaced { backup } => {
+                assert_eq!(fs::read(&backup).unwrap(), b"one");
+                assert!(backup.starts_with(&l.backup_dir));
+                assert_eq!(
+                    fs::metadata(&backup).unwrap().permissions().mode() & 0o777,
+                    0o644
+                );
+            }
+            other => panic!("expected a replacement, got {other:?}"),
+        }
+        assert_eq!(fs::read(&f).unwrap(), b"two");
+        assert_eq!(
+            fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let leftovers: Vec<_> = fs::read_dir(&l.pki_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("x.key")]);
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_while_the_first_holds_the_lock() {
+        let root = tempfile::tempdir().unwrap();
+        let l = layout(root.path());
+        let first = HostWriter::open(&l, false).unwrap();
+        let err = HostWriter::open(&l, false).err().unwrap();
+        assert!(err.to_string().contains("holds the lock"), "{err}");
+        drop(first);
+        HostWriter::open(&l, false).unwrap();
+    }
+
+    #[test]
+    fn dry_run_writes_only_under_its_own_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let l = layout(root.path());
+        let mut w = HostWriter::open(&l, true).unwrap();
+        let f = l.pki_dir.join("ca.crt");
+        assert_eq!(w.write(&f, b"pem", 0o644).unwrap(), Outcome::WouldWrite);
+        assert!(!root.path().join("etc").exists());
+        let dry = w.dry_run_dir().unwrap().to_path_buf();
+        assert_eq!(fs::read(w.target(&f)).unwrap(), b"pem");
+        assert!(w.target(&f).starts_with(&dry));
+        assert_eq!(w.read(&f).unwrap().unwrap(), b"pem");
+        fs::remove_dir_all(dry).unwrap();
+    }
+}
