@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The end-to-end suite on a real node: a kubelet (KUBELET_BIN or PATH), kubeadm of the same
 # version (KUBEADM_BIN or PATH; the suite checks that it reads what kubeforge uploads), containerd running
-# (CONTAINERD_SOCK), runc, crictl, kubectl and the control-plane images present or pullable.
+# (CONTAINERD_SOCK), runc, crictl, kubectl and the control-plane images present or pullable;
+# faketime is installed from Debian when missing (the expired-certificates scenario).
 # Run as root on a node that holds no cluster; every scenario leaves the node clean again.
 #
 #   scripts/e2e.sh                      # this checkout's debug build
@@ -15,6 +16,10 @@
 # its own kubelet): they need nsenter, unshare, containerd and ctr too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# faketime makes the expired-certificates scenario's certificates (Debian's package).
+command -v faketime >/dev/null || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends faketime >/dev/null
+}
 if [ -n "${KUBEFORGE_E2E_BIN:-}" ]; then
     KUBEFORGE_E2E_BIN="$(realpath "$KUBEFORGE_E2E_BIN")"
     export KUBEFORGE_E2E_BIN

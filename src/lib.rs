@@ -11,6 +11,7 @@ pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod cri;
 pub mod etcd;
 pub mod health;
 pub mod kube;

@@ -37,9 +37,13 @@ fn etcdctl(endpoint: &str, ca: &str, cert: &str, key: &str, args: &[&str]) -> st
 }
 
 fn check(algorithm: &str) {
-    require_tool("etcd");
     let node = Node::new();
     node.generate(algorithm);
+    serve_and_check(&node, algorithm);
+}
+
+fn serve_and_check(node: &Node, algorithm: &str) {
+    require_tool("etcd");
     let pki = node.pki();
     let p = |f: &str| pki.join(f).to_str().unwrap().to_string();
     let (client, peer) = (free_port(), free_port());
@@ -151,4 +155,27 @@ fn etcd_serves_with_rsa_certificates() {
 #[test]
 fn etcd_serves_with_ecdsa_certificates() {
     check("ECDSA-P256");
+}
+
+/// After `certs renew all`, etcd serves with the renewed server and peer certificates and takes
+/// the renewed client certificates.
+#[test]
+fn etcd_serves_with_renewed_certificates() {
+    let node = Node::new();
+    node.generate("RSA-2048");
+    let before = std::fs::read(node.pki().join("etcd/server.crt")).unwrap();
+    let cfg = node.config_path();
+    node.run_ok(&[
+        "certs",
+        "renew",
+        "all",
+        "--no-restart",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_ne!(
+        std::fs::read(node.pki().join("etcd/server.crt")).unwrap(),
+        before
+    );
+    serve_and_check(&node, "RSA-2048");
 }

@@ -123,6 +123,9 @@ fn print_json(report: &Report, now: OffsetDateTime, out: Output) {
             "externallyManaged": r.externally_managed,
             "missing": r.expires.is_none(),
         });
+        if r.expires.is_some_and(|t| t - now < SOON) {
+            v["expiringSoon"] = json!(true);
+        }
         if let Some(ca) = &r.ca_name {
             v["caName"] = json!(ca);
         }
@@ -175,6 +178,42 @@ fn print_tables(report: &Report, now: OffsetDateTime) {
     print!("{}", align(&table));
 }
 
+/// A certificate closer than this to its end is flagged (kubeadm flags nothing).
+const SOON: time::Duration = time::Duration::days(30);
+
+/// The lines under the tables for what has expired or expires within 30 days.
+fn print_warnings(report: &Report, now: OffsetDateTime) {
+    let rows = report.certificates.iter().chain(&report.authorities);
+    let mut first = true;
+    let mut line = |text: String| {
+        if std::mem::take(&mut first) {
+            println!();
+        }
+        println!("{text}");
+    };
+    for r in rows {
+        let Some(t) = r.expires else { continue };
+        let renew = if r.ca_name.is_some() && !r.externally_managed {
+            format!("; `kubeforge certs renew {}` renews it", r.name)
+        } else {
+            String::new()
+        };
+        if t <= now {
+            line(format!(
+                "WARNING: {} EXPIRED on {}{renew}",
+                r.name,
+                human_time(t)
+            ));
+        } else if t - now < SOON {
+            line(format!(
+                "WARNING: {} expires within 30 days, on {}{renew}",
+                r.name,
+                human_time(t)
+            ));
+        }
+    }
+}
+
 /// `kubeforge certs check-expiration`.
 pub fn report(cfg: &Config, kubernetes_dir: &Path, out: Output) -> Result<()> {
     let report = collect(cfg, kubernetes_dir)?;
@@ -183,6 +222,7 @@ pub fn report(cfg: &Config, kubernetes_dir: &Path, out: Output) -> Result<()> {
         print_json(&report, now, out);
     } else {
         print_tables(&report, now);
+        print_warnings(&report, now);
     }
     Ok(())
 }

@@ -5,12 +5,14 @@ use clap::CommandFactory;
 use std::path::Path;
 
 use super::{
-    CertsCommand, Cli, ClusterAccess, Command, ConfigCommand, Global, ImagesCommand, InitArgs,
-    InitFlags, InitSubcommand, JoinArgs, JoinSubcommand, PrintCommand, TokenCommand,
+    CertsCommand, CertsConfig, Cli, ClusterAccess, Command, ConfigCommand, Global, ImagesCommand,
+    InitArgs, InitFlags, InitSubcommand, JoinArgs, JoinSubcommand, KubeconfigCommand, PrintCommand,
+    TokenCommand,
 };
 use crate::config::{self, CertificateKey, Token};
 use crate::node::Layout;
 use crate::output::Output;
+use crate::workflow::certs::{ConfigSource, RenewOptions};
 use crate::workflow::{self, Env, Selection};
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -24,6 +26,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Config(command) => config_command(global, command, out),
         Command::Certs(command) => certs(global, command, out),
         Command::Token(command) => token(global, command, out),
+        Command::Kubeconfig(command) => kubeconfig(global, command, out),
         Command::Reset {
             force,
             dry_run,
@@ -132,21 +135,97 @@ fn config_command(global: &Global, command: ConfigCommand, out: Output) -> Resul
     Ok(())
 }
 
+fn config_source(global: &Global, source: CertsConfig) -> ConfigSource {
+    ConfigSource {
+        file: source.config,
+        kubeconfig: source
+            .kubeconfig
+            .unwrap_or_else(|| global.kubernetes_dir.join("admin.conf")),
+        cert_dir: source.cert_dir,
+    }
+}
+
 fn certs(global: &Global, command: CertsCommand, out: Output) -> Result<()> {
+    let kdir = &global.kubernetes_dir;
     match command {
-        CertsCommand::CheckExpiration { config, cert_dir } => {
-            let mut overrides = config::Overrides::default();
-            overrides
-                .set
-                .extend(cert_dir.map(|d| (config::Flag::CertDir, d)));
-            let cfg = config::load(config.as_deref(), &overrides, &global.kubernetes_dir)?;
-            crate::certs::expiration::report(&cfg, &global.kubernetes_dir, out)
+        CertsCommand::Renew {
+            name,
+            source,
+            kubeconfig_dir,
+            no_restart,
+        } => {
+            let options = RenewOptions {
+                name,
+                source: config_source(global, source),
+                kubeconfig_dir,
+                restart: !no_restart,
+            };
+            workflow::certs::run(options, kdir, &global.kubelet_dir, out)
+        }
+        CertsCommand::CheckExpiration { source } => {
+            let source = config_source(global, source);
+            let (cfg, _) = workflow::certs::load_config(&source, kdir, &out, "check-expiration")?;
+            crate::certs::expiration::report(&cfg, kdir, out)
+        }
+        CertsCommand::GenerateCsr {
+            config,
+            cert_dir,
+            kubeconfig_dir,
+        } => {
+            let mut cfg = config::load(config.as_deref(), &Default::default(), kdir)?;
+            if let Some(dir) = cert_dir {
+                cfg.cluster.certificates_dir = dir;
+            }
+            let kubeconfig_dir = kubeconfig_dir.unwrap_or_else(|| kdir.clone());
+            workflow::certs::generate_csr(&cfg, kdir, &kubeconfig_dir, out)
         }
         CertsCommand::CertificateKey => {
             println!("{}", CertificateKey::generate());
             Ok(())
         }
     }
+}
+
+fn kubeconfig(global: &Global, command: KubeconfigCommand, out: Output) -> Result<()> {
+    let KubeconfigCommand::User {
+        client_name,
+        organizations,
+        validity_period,
+        token,
+        source,
+    } = command;
+    let validity = config::GoDuration::parse(&validity_period)
+        .map_err(|e| crate::BadInput(format!("--validity-period: {e}")))?;
+    let source = config_source(global, source);
+    let quiet = Output {
+        format: crate::output::Format::Json,
+    };
+    let (cfg, _) =
+        workflow::certs::load_config(&source, &global.kubernetes_dir, &quiet, "kubeconfig")?;
+    let request = crate::kubeconfig::user::Request {
+        client_name,
+        organizations,
+        validity: validity.0,
+        token,
+    };
+    let layout = Layout::new(
+        &global.kubernetes_dir,
+        &global.kubelet_dir,
+        Path::new(&cfg.cluster.certificates_dir),
+        Path::new("/var/lib/etcd"),
+    );
+    let text = crate::kubeconfig::user::kubeconfig(
+        &cfg,
+        &layout,
+        &request,
+        time::OffsetDateTime::now_utc(),
+    )?;
+    if out.json() {
+        out.print_json(&serde_json::json!({ "kubeconfig": text }));
+    } else {
+        print!("{text}");
+    }
+    Ok(())
 }
 
 fn token(global: &Global, command: TokenCommand, out: Output) -> Result<()> {

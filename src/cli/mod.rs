@@ -109,6 +109,9 @@ pub enum Command {
     /// Manage bootstrap tokens (the join credentials).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Kubeconfig file utilities.
+    #[command(subcommand)]
+    Kubeconfig(KubeconfigCommand),
     /// Remove everything kubeforge wrote on this node (from its journal).
     Reset {
         /// Do not ask for confirmation.
@@ -380,18 +383,94 @@ pub enum PrintCommand {
     InitDefaults,
 }
 
+/// Where a certs command finds the cluster's configuration and certificates.
+#[derive(Debug, Args, Clone)]
+pub struct CertsConfig {
+    /// A kubeadm configuration file (default: the cluster's kube-system/kubeadm-config, else the
+    /// defaults).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where the certificates are (default: the configuration's certificatesDir).
+    #[arg(long, value_name = "DIR")]
+    pub cert_dir: Option<String>,
+    /// The kubeconfig that reads the cluster's configuration (default: <kubernetes-dir>/admin.conf).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// kubeadm's names of the certificates `certs renew` renews, and `all`.
+const RENEWABLE: [&str; 12] = [
+    "all",
+    "admin.conf",
+    "apiserver",
+    "apiserver-etcd-client",
+    "apiserver-kubelet-client",
+    "controller-manager.conf",
+    "etcd-healthcheck-client",
+    "etcd-peer",
+    "etcd-server",
+    "front-proxy-client",
+    "scheduler.conf",
+    "super-admin.conf",
+];
+
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
+    /// Renew certificates (kubeadm's names, or all), then restart, one at a time, the static pods
+    /// that read them and wait until each is Ready again.
+    Renew {
+        /// The certificate to renew, or `all`.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(RENEWABLE))]
+        name: String,
+        #[command(flatten)]
+        source: CertsConfig,
+        /// Where the kubeconfigs are (default: the kubernetes dir).
+        #[arg(long, value_name = "DIR")]
+        kubeconfig_dir: Option<PathBuf>,
+        /// Renew only, as kubeadm does: the components keep the old certificates until restarted.
+        #[arg(long)]
+        no_restart: bool,
+    },
     /// Show when each certificate and certificate authority expires.
     CheckExpiration {
+        #[command(flatten)]
+        source: CertsConfig,
+    },
+    /// Keys and certificate signing requests for every certificate and kubeconfig, for an external CA.
+    GenerateCsr {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
-        /// Where certificates are stored (default: certificatesDir of the config, else DIR/pki).
+        /// Where to write the certificates' keys and CSRs (default: certificatesDir).
         #[arg(long, value_name = "DIR")]
         cert_dir: Option<String>,
+        /// Where to write the kubeconfigs and their CSRs (default: the kubernetes dir).
+        #[arg(long, value_name = "DIR")]
+        kubeconfig_dir: Option<PathBuf>,
     },
     /// Print a new random certificate key for --certificate-key.
     CertificateKey,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KubeconfigCommand {
+    /// Print a kubeconfig for another user, with a client certificate signed by the cluster CA
+    /// (or a token).
+    User {
+        /// The user's name: the certificate's CN.
+        #[arg(long, value_name = "NAME")]
+        client_name: String,
+        /// The user's groups: the certificate's O; may be given several times.
+        #[arg(long = "org", value_name = "ORG")]
+        organizations: Vec<String>,
+        /// How long the certificate is valid.
+        #[arg(long, default_value = "8760h0m0s", value_name = "DURATION")]
+        validity_period: String,
+        /// A token to authenticate with instead of a certificate.
+        #[arg(long, value_name = "TOKEN")]
+        token: Option<String>,
+        #[command(flatten)]
+        source: CertsConfig,
+    },
 }
 
 #[derive(Debug, Args)]

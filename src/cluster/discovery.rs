@@ -248,20 +248,8 @@ pub async fn discover(request: &JoinRequest) -> Result<ClusterInfo> {
 /// The ClusterConfiguration and the KubeletConfiguration the control plane uploaded, read with
 /// the bootstrap token (kubeadm's RBAC lets bootstrappers read both).
 pub async fn download_config(client: kube::Client) -> Result<(String, String)> {
-    use k8s_openapi::api::core::v1::ConfigMap;
-    let maps: kube::Api<ConfigMap> = kube::Api::namespaced(client, "kube-system");
-    let read = async |name: &str, key: &str| -> Result<String> {
-        let map = maps
-            .get(name)
-            .await
-            .map_err(|e| anyhow!("reading kube-system/{name} with the bootstrap token: {e}"))?;
-        map.data
-            .unwrap_or_default()
-            .remove(key)
-            .ok_or_else(|| anyhow!("kube-system/{name} has no {key:?} key"))
-    };
-    let cluster = read("kubeadm-config", "ClusterConfiguration").await?;
-    let kubelet = read("kubelet-config", "kubelet").await?;
+    let cluster = super::stored::cluster_configuration(&client).await?;
+    let kubelet = super::stored::kubelet_configuration(&client).await?;
     Ok((cluster, kubelet))
 }
 

@@ -7,5 +7,6 @@ pub mod certs_secret;
 pub mod control_plane;
 pub mod discovery;
 pub mod objects;
+pub mod stored;
 pub mod token;
 pub mod tokens;

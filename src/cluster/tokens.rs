@@ -81,16 +81,7 @@ async fn certificate_files(
     cert_dir: Option<&Path>,
     kubernetes_dir: &Path,
 ) -> Result<Vec<(String, Vec<u8>)>> {
-    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
-    let stored = maps
-        .get("kubeadm-config")
-        .await
-        .context("reading kube-system/kubeadm-config (the cluster's ClusterConfiguration)")?;
-    let text = stored
-        .data
-        .unwrap_or_default()
-        .remove("ClusterConfiguration")
-        .ok_or_else(|| anyhow!("kube-system/kubeadm-config has no ClusterConfiguration key"))?;
+    let text = super::stored::cluster_configuration(client).await?;
     let cfg = config::load_str(
         &text,
         "kube-system/kubeadm-config",

@@ -2,44 +2,7 @@
 
 use serde::Serialize;
 
-/// What is known about a component's container, from its mirror pod or from the runtime.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Container {
-    /// `created`, `running`, `exited`, `waiting` (kubelet: not started yet), or `not started` (no sandbox yet).
-    pub state: String,
-    /// The waiting or terminated reason (`CrashLoopBackOff`, `ErrImageNeverPull`, `Error`, …).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// The exit code of the last run that ended.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i32>,
-    pub restarts: u32,
-    /// The image the kubelet was told to run is not on the node.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub image_missing: bool,
-}
-
-impl Container {
-    pub fn summary(&self) -> String {
-        let mut s = self.state.clone();
-        if let Some(r) = &self.reason {
-            s.push_str(&format!(" ({r})"));
-        }
-        if let Some(code) = self.exit_code {
-            s.push_str(&format!(", last exit code {code}"));
-        }
-        match self.restarts {
-            0 => {}
-            1 => s.push_str(", 1 restart"),
-            n => s.push_str(&format!(", {n} restarts")),
-        }
-        s
-    }
-
-    fn has_exited(&self) -> bool {
-        self.exit_code.is_some() || self.state == "exited"
-    }
-}
+pub use crate::cri::Container;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Diagnosis {

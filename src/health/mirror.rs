@@ -55,6 +55,11 @@ pub fn mirror_facts(pod: &Pod) -> Mirror {
                 exit_code: terminated.map(|t| t.exit_code),
                 restarts: c.restart_count.max(0) as u32,
                 image_missing: false,
+                id: c
+                    .container_id
+                    .as_deref()
+                    .and_then(|id| id.split_once("://").map(|(_, id)| id.to_string()))
+                    .unwrap_or_default(),
             }
         },
     );

@@ -9,7 +9,7 @@ mod diagnose;
 mod display;
 mod logs;
 mod mirror;
-mod runtime;
+mod restarted;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +23,7 @@ use serde_json::json;
 
 pub use diagnose::Container;
 use display::{seconds, Display};
+pub use restarted::{announce_ready, wait_restarted};
 
 use crate::config::{Config, GoDuration};
 use crate::manifests::{self, first_container};
@@ -158,7 +159,7 @@ struct Wait<'a> {
     display: Display,
     start: Instant,
     log_dir: PathBuf,
-    runtime: Option<runtime::Runtime>,
+    runtime: Option<crate::cri::Runtime>,
     runtime_asked: Option<Instant>,
     mirrors: BTreeMap<String, mirror::Mirror>,
     pods: Option<PodEvents>,
@@ -365,7 +366,9 @@ impl Wait<'_> {
         if ask_runtime {
             self.runtime_asked = Some(Instant::now());
             if self.runtime.is_none() {
-                match runtime::Runtime::connect(&self.cfg.init.node_registration.cri_socket).await {
+                match crate::cri::Runtime::connect(&self.cfg.init.node_registration.cri_socket)
+                    .await
+                {
                     Ok(r) => self.runtime = Some(r),
                     Err(e) => tracing::debug!("{e:#}"),
                 }
@@ -511,46 +514,56 @@ fn report(out: &Output, failing: &[&Component], timed_out: Option<Duration>, log
             state: "not started".into(),
             ..Default::default()
         });
-        let tail = logs::tail(log_dir, &c.pod, c.name(), LOG_LINES);
-        let log = tail.as_ref().map(|t| t.1.clone()).unwrap_or_default();
-        let diagnosis = diagnose::diagnose(&facts, &log);
-        let cause = diagnosis.as_ref().map_or_else(
-            || "unknown: see the log above and `crictl ps -a`".to_string(),
-            |d| d.cause.clone(),
-        );
-        let verdict = match timed_out {
-            Some(limit) => format!("is not healthy after {}", GoDuration(limit)),
-            None => "will not come up".to_string(),
-        };
-        if out.json() {
-            out.print_json(&json!({
-                "phase": "wait-control-plane",
-                "component": c.name(),
-                "healthy": false,
-                "container": facts,
-                "logFile": tail.as_ref().map(|t| &t.0),
-                "log": log,
-                "cause": cause,
-                "message": format!("{} {verdict}", c.name()),
-            }));
-            continue;
-        }
-        println!("[wait-control-plane] {} {verdict}", c.name());
-        println!("  container: {}", facts.summary());
-        match &tail {
-            Some((file, lines)) => {
-                println!("  last {} lines of {}:", lines.len(), file.display());
-                for line in lines {
-                    println!("    {line}");
-                }
-            }
-            None => println!(
-                "  no log under {}/kube-system_{}_*/{}/",
-                log_dir.display(),
-                c.pod,
-                c.name()
-            ),
-        }
-        println!("  probable cause: {cause}");
+        report_failure(out, c.component, &c.pod, facts, timed_out, log_dir);
     }
+}
+
+/// One component that will not come up: its container, the end of its log, the probable cause.
+fn report_failure(
+    out: &Output,
+    component: manifests::Component,
+    pod: &str,
+    facts: Container,
+    timed_out: Option<Duration>,
+    log_dir: &Path,
+) {
+    let name = component.name();
+    let tail = logs::tail(log_dir, pod, name, LOG_LINES);
+    let log = tail.as_ref().map(|t| t.1.clone()).unwrap_or_default();
+    let cause = diagnose::diagnose(&facts, &log).map_or_else(
+        || "unknown: see the log above and `crictl ps -a`".to_string(),
+        |d| d.cause,
+    );
+    let verdict = match timed_out {
+        Some(limit) => format!("is not healthy after {}", GoDuration(limit)),
+        None => "will not come up".to_string(),
+    };
+    if out.json() {
+        out.print_json(&json!({
+            "phase": "wait-control-plane",
+            "component": name,
+            "healthy": false,
+            "container": facts,
+            "logFile": tail.as_ref().map(|t| &t.0),
+            "log": log,
+            "cause": cause,
+            "message": format!("{name} {verdict}"),
+        }));
+        return;
+    }
+    println!("[wait-control-plane] {name} {verdict}");
+    println!("  container: {}", facts.summary());
+    match &tail {
+        Some((file, lines)) => {
+            println!("  last {} lines of {}:", lines.len(), file.display());
+            for line in lines {
+                println!("    {line}");
+            }
+        }
+        None => println!(
+            "  no log under {}/kube-system_{pod}_*/{name}/",
+            log_dir.display()
+        ),
+    }
+    println!("  probable cause: {cause}");
 }

@@ -2,6 +2,7 @@
 //! CA and client credentials embedded; and the node's kubeconfigs, planned check-then-write.
 
 pub mod plan;
+pub mod user;
 
 use anyhow::{Context, Result};
 use base64::Engine;

@@ -647,3 +647,29 @@ mod tests {
         );
     }
 }
+
+/// What this node's own manifests say about it: its name (etcd's `--name`, as kubeadm sets it)
+/// and its API server's advertise address. For the commands that run on a node whose init is
+/// long done (`certs renew`, `upgrade`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeFacts {
+    pub name: Option<String>,
+    pub advertise_address: Option<String>,
+    pub bind_port: Option<u16>,
+}
+
+pub fn node_facts(layout: &Layout) -> NodeFacts {
+    let command = |c: Component| {
+        std::fs::read_to_string(c.manifest(layout))
+            .ok()
+            .and_then(|text| first_container(&text).ok()?.command)
+            .unwrap_or_default()
+    };
+    let etcd = command(Component::Etcd);
+    let apiserver = command(Component::KubeApiserver);
+    NodeFacts {
+        name: flag(&etcd, "name").map(str::to_string),
+        advertise_address: flag(&apiserver, "advertise-address").map(str::to_string),
+        bind_port: flag(&apiserver, "secure-port").and_then(|p| p.parse().ok()),
+    }
+}

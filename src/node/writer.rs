@@ -322,6 +322,9 @@ impl HostWriter {
                 ))
                 .expect("static format");
             let dir = self.backup_root.join(format!("kubeforge-backup-{stamp}"));
+            if let Some(journal) = &mut self.journal {
+                journal.note(&dir)?;
+            }
             create_dir_all_mode(&dir, 0o700)?;
             self.backup_run_dir = Some(dir);
         }

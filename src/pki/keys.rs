@@ -141,3 +141,25 @@ pub fn load(pem_text: &str) -> Result<Key> {
 pub fn public_pem(key: &Key) -> String {
     pem_encode("PUBLIC KEY", &key.pair.subject_public_key_info())
 }
+
+/// The algorithm of a key, when it is one kubeadm makes.
+pub fn algorithm_of(key: &Key) -> Option<EncryptionAlgorithm> {
+    use x509_parser::prelude::FromDer;
+    use x509_parser::public_key::PublicKey;
+    let spki_der = key.pair.subject_public_key_info();
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&spki_der).ok()?;
+    match spki.parsed().ok()? {
+        PublicKey::RSA(rsa) => match rsa.key_size() {
+            2048 => Some(EncryptionAlgorithm::Rsa2048),
+            3072 => Some(EncryptionAlgorithm::Rsa3072),
+            4096 => Some(EncryptionAlgorithm::Rsa4096),
+            _ => None,
+        },
+        PublicKey::EC(ec) => match ec.key_size() {
+            256 => Some(EncryptionAlgorithm::EcdsaP256),
+            384 => Some(EncryptionAlgorithm::EcdsaP384),
+            _ => None,
+        },
+        _ => None,
+    }
+}

@@ -61,6 +61,12 @@ pub struct CertProfile {
     pub sans: SanSet,
     #[serde(default)]
     pub etcd: bool,
+    /// kubeadm's long name in `certs renew`; None: never renewed (a CA).
+    #[serde(default)]
+    pub renewal: Option<String>,
+    /// The static pods that read the file (by component name).
+    #[serde(default)]
+    pub used_by: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -80,6 +86,12 @@ pub struct KubeconfigProfile {
     #[serde(default)]
     pub organizations: Vec<String>,
     pub server: ServerKind,
+    /// kubeadm's long name in `certs renew`; None: never renewed (kubelet.conf).
+    #[serde(default)]
+    pub renewal: Option<String>,
+    /// The static pods that read the file (by component name).
+    #[serde(default)]
+    pub used_by: Vec<String>,
 }
 
 pub fn certificate_profiles() -> Vec<CertProfile> {
@@ -277,6 +289,22 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from(n)
 }
 
+/// `O=…, O=…, CN=…`. rcgen keeps one value per attribute type, so a second organization goes in
+/// as the same OID under rcgen's custom type; a third cannot be written.
+pub fn subject(spec: &Spec) -> Result<DistinguishedName> {
+    let mut dn = DistinguishedName::new();
+    for (i, o) in spec.organizations.iter().enumerate() {
+        let ty = match i {
+            0 => DnType::OrganizationName,
+            1 => DnType::CustomDnType(vec![2, 5, 4, 10]),
+            _ => bail!("at most two organizations (O) fit in a certificate kubeforge makes; {:?} asks for {}", spec.cn, spec.organizations.len()),
+        };
+        dn.push(ty, o.as_str());
+    }
+    dn.push(DnType::CommonName, spec.cn.as_str());
+    Ok(dn)
+}
+
 /// Signs `spec` for `key`: self-signed when `issuer` is None, else by that CA.
 /// `not_before` is back-dated by the caller; NotAfter is `now + validity` as in kubeadm.
 pub fn sign(
@@ -287,12 +315,7 @@ pub fn sign(
     now: OffsetDateTime,
 ) -> Result<String> {
     let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    for o in &spec.organizations {
-        dn.push(DnType::OrganizationName, o.as_str());
-    }
-    dn.push(DnType::CommonName, spec.cn.as_str());
-    params.distinguished_name = dn;
+    params.distinguished_name = subject(spec)?;
     params.not_before = not_before;
     params.not_after = now + spec.validity;
     params.serial_number = Some(random_serial());

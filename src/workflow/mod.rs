@@ -5,6 +5,7 @@
 //! [child]` runs one phase; `--skip-phases name` or `name/child` leaves some out, with kubeadm's
 //! names. Phases never call each other: shared work is a domain function both call.
 
+pub mod certs;
 mod effects;
 mod env;
 mod fault;

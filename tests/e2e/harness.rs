@@ -67,6 +67,9 @@ impl Host {
         if which("runc").is_none() {
             missing.push("runc".into());
         }
+        if which("faketime").is_none() {
+            missing.push("faketime (Debian's faketime: the expired-certificates scenario)".into());
+        }
         let sock =
             env("CONTAINERD_SOCK").unwrap_or_else(|| "/run/containerd/containerd.sock".into());
         if !Path::new(&sock).exists() {

@@ -3,6 +3,7 @@
 //! KUBEFORGE_E2E=1 every scenario says it was not asked for and passes; with it, a missing
 //! prerequisite is a failure that names it.
 
+mod certs;
 #[path = "../common/mod.rs"]
 mod common;
 mod harness;

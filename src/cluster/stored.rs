@@ -1,0 +1,28 @@
+//! What kubeadm (or kubeforge) stored in the cluster about itself: the ClusterConfiguration in
+//! `kube-system/kubeadm-config` and the KubeletConfiguration in `kube-system/kubelet-config`.
+
+use anyhow::{anyhow, Result};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+
+async fn read(client: &kube::Client, name: &str, key: &str) -> Result<String> {
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
+    let map = maps
+        .get(name)
+        .await
+        .map_err(|e| anyhow!("reading kube-system/{name}: {e}"))?;
+    map.data
+        .unwrap_or_default()
+        .remove(key)
+        .ok_or_else(|| anyhow!("kube-system/{name} has no {key:?} key"))
+}
+
+/// The cluster's ClusterConfiguration document.
+pub async fn cluster_configuration(client: &kube::Client) -> Result<String> {
+    read(client, "kubeadm-config", "ClusterConfiguration").await
+}
+
+/// The cluster's KubeletConfiguration document.
+pub async fn kubelet_configuration(client: &kube::Client) -> Result<String> {
+    read(client, "kubelet-config", "kubelet").await
+}

@@ -1,0 +1,254 @@
+//! The certificate lifecycle on the real control plane: `certs renew all` restarts each
+//! component whose certificates changed, one at a time (every container replaced, none stopped
+//! before the one before it was Ready again, the API server serving its new certificate);
+//! `--no-restart` leaves the containers alone, as kubeadm does; and a node whose leaf
+//! certificates have all expired comes back with one `certs renew all`.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// The serial of the certificate the API server serves, read over TLS.
+fn serving_serial(s: &Scenario) -> String {
+    let script = format!(
+        "openssl s_client -connect {}:6443 </dev/null 2>/dev/null | openssl x509 -noout -serial",
+        s.host.advertise_address
+    );
+    harness::run(Command::new("sh").args(["-c", &script]))
+        .trim()
+        .to_string()
+}
+
+fn file_serial(path: &str) -> String {
+    harness::run(Command::new("openssl").args(["x509", "-noout", "-serial", "-in", path]))
+        .trim()
+        .to_string()
+}
+
+/// A pod's (new container's start, old container's end, the time it last became Ready), as
+/// the API server has them (RFC 3339, seconds).
+fn restart_times(s: &Scenario, pod: &str) -> (String, String, String) {
+    let p = kubectl_json(&s.host, &["get", "pod", "-n", "kube-system", pod]);
+    let status = &p["status"]["containerStatuses"][0];
+    let ready = p["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .map(|c| {
+            c["lastTransitionTime"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .unwrap_or_default();
+    (
+        status["state"]["running"]["startedAt"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        status["lastState"]["terminated"]["finishedAt"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        ready,
+    )
+}
+
+/// Waits (up to `limit`) until kubectl with admin.conf answers and the four mirror pods are
+/// Running and Ready.
+fn wait_ready(s: &Scenario, limit: Duration) -> f64 {
+    let start = Instant::now();
+    loop {
+        let ok = Command::new(&s.host.kubectl)
+            .arg(format!("--kubeconfig={KUBERNETES_DIR}/admin.conf"))
+            .args(["get", "pods", "-n", "kube-system"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            let pods = mirror_pods(s);
+            if COMPONENTS
+                .iter()
+                .all(|c| pods.get(&format!("{c}-{NODE}")).is_some_and(|p| p.3))
+            {
+                return start.elapsed().as_secs_f64();
+            }
+        }
+        assert!(
+            start.elapsed() < limit,
+            "the control plane is not Ready again after {limit:?}:\n{}",
+            s.kubelet_log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn certs_renew_all_restarts_each_component_one_at_a_time() {
+    if !asked_for() {
+        return;
+    }
+    let s = Scenario::start();
+    assert_ok(&s, &init(&s, &[], &[]));
+    assert_control_plane_ready(&s);
+    let before = mirror_pods(&s);
+    let old_serial = serving_serial(&s);
+    let renew = kubeforge(&["certs", "renew", "all"], &[]);
+    println!("{}", renew.text());
+    assert!(renew.success, "certs renew all failed:\n{}", renew.text());
+    let settled = wait_ready(&s, Duration::from_secs(60));
+    let after = mirror_pods(&s);
+    for c in COMPONENTS {
+        let pod = format!("{c}-{NODE}");
+        assert_ne!(
+            after[&pod].1, before[&pod].1,
+            "{pod} runs the same container: not restarted"
+        );
+    }
+    // One at a time: each component was stopped only after the one before it was Ready again.
+    let times: Vec<_> = COMPONENTS
+        .iter()
+        .map(|c| restart_times(&s, &format!("{c}-{NODE}")))
+        .collect();
+    for (i, pair) in times.windows(2).enumerate() {
+        let (a, b) = (&pair[0], &pair[1]);
+        assert!(
+            !b.1.is_empty() && b.1 >= a.0,
+            "{} was stopped ({}) before {} ran again ({})",
+            COMPONENTS[i + 1],
+            b.1,
+            COMPONENTS[i],
+            a.0
+        );
+    }
+    let new_serial = serving_serial(&s);
+    assert_ne!(
+        new_serial, old_serial,
+        "the API server still serves its old certificate"
+    );
+    assert_eq!(
+        new_serial,
+        file_serial(&format!("{KUBERNETES_DIR}/pki/apiserver.crt"))
+    );
+    let kubelet_dir_ok = Path::new(KUBELET_DIR).join("config.yaml").exists();
+    assert!(kubelet_dir_ok);
+    println!(
+        "FIGURES: certs renew all with restarts: {:.1} s (every component Ready again after {:.1} s more)",
+        renew.seconds, settled
+    );
+}
+
+#[test]
+fn certs_renew_no_restart_is_kubeadms_and_kubeadm_renews_the_same_files() {
+    if !asked_for() {
+        return;
+    }
+    let s = Scenario::start();
+    assert_ok(&s, &init(&s, &[], &[]));
+    assert_control_plane_ready(&s);
+    let before = mirror_pods(&s);
+    let old = file_serial(&format!("{KUBERNETES_DIR}/pki/apiserver.crt"));
+    let renew = kubeforge(&["certs", "renew", "all", "--no-restart"], &[]);
+    assert!(renew.success, "{}", renew.text());
+    assert!(renew.text().contains("Done renewing certificates. You must restart the kube-apiserver, kube-controller-manager, kube-scheduler and etcd"), "{}", renew.text());
+    assert_ne!(
+        file_serial(&format!("{KUBERNETES_DIR}/pki/apiserver.crt")),
+        old
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let after = mirror_pods(&s);
+    for c in COMPONENTS {
+        let pod = format!("{c}-{NODE}");
+        assert_eq!(
+            after[&pod].1, before[&pod].1,
+            "{pod} was restarted although --no-restart"
+        );
+    }
+    // Real kubeadm renews kubeforge's PKI too: the same node, the same files, for the figure.
+    let start = Instant::now();
+    harness::run(Command::new(&s.host.kubeadm).args(["certs", "renew", "all"]));
+    let kubeadm = start.elapsed().as_secs_f64();
+    println!(
+        "FIGURES: certs renew all --no-restart (RSA-2048): kubeforge {:.2} s, kubeadm {kubeadm:.2} s",
+        renew.seconds
+    );
+}
+
+/// Every control-plane container of this node stopped through the CRI; the kubelet starts them
+/// again, with what is on disk.
+fn stop_control_plane(s: &Scenario) {
+    for c in COMPONENTS {
+        let id = harness::run(Command::new(&s.host.crictl).args([
+            &format!("--runtime-endpoint={}", s.host.cri_socket),
+            "ps",
+            "-q",
+            "--name",
+            c,
+        ]));
+        for id in id.lines() {
+            harness::run(Command::new(&s.host.crictl).args([
+                &format!("--runtime-endpoint={}", s.host.cri_socket),
+                "stop",
+                id,
+            ]));
+        }
+    }
+}
+
+#[test]
+fn a_node_whose_certificates_all_expired_comes_back_with_certs_renew_all() {
+    if !asked_for() {
+        return;
+    }
+    let s = Scenario::start();
+    assert_ok(&s, &init(&s, &[], &[]));
+    assert_control_plane_ready(&s);
+    // Every leaf certificate and kubeconfig client certificate replaced by one that expired a
+    // month ago: renewed by kubeforge under faketime, 400 days back (1-year validity), signed by
+    // the cluster CA; then the components restarted onto them.
+    let expired = harness::run(Command::new("faketime").args([
+        "-f",
+        "-400d",
+        &harness::binary(),
+        "certs",
+        "renew",
+        "all",
+        "--no-restart",
+    ]));
+    println!("{expired}");
+    stop_control_plane(&s);
+    std::thread::sleep(Duration::from_secs(30));
+    let report = kubeforge(&["certs", "check-expiration"], &[]);
+    assert!(
+        report.text().contains("WARNING: apiserver EXPIRED"),
+        "{}",
+        report.text()
+    );
+    let down = Command::new(&s.host.kubectl)
+        .arg(format!("--kubeconfig={KUBERNETES_DIR}/admin.conf"))
+        .args(["get", "nodes", "--request-timeout=5s"])
+        .output()
+        .unwrap();
+    assert!(
+        !down.status.success(),
+        "the cluster still answers with expired certificates"
+    );
+    let renew = kubeforge(&["certs", "renew", "all"], &[]);
+    println!("{}", renew.text());
+    assert!(
+        renew.success,
+        "certs renew all on the expired node failed:\n{}\n{}",
+        renew.text(),
+        s.kubelet_log_tail()
+    );
+    let settled = wait_ready(&s, Duration::from_secs(180));
+    assert_control_plane_ready(&s);
+    assert_eq!(
+        serving_serial(&s),
+        file_serial(&format!("{KUBERNETES_DIR}/pki/apiserver.crt"))
+    );
+    println!(
+        "FIGURES: an expired node back: certs renew all {:.1} s, the four mirror pods Ready {:.1} s after",
+        renew.seconds, settled
+    );
+}
