@@ -50,7 +50,8 @@ etcd:
         json!({
             "api": {"host": host_ip(), "port": port, "cert": file("apiserver.crt"), "key": file("apiserver.key"), "ca": file("ca.crt")},
             "nodes": ["cp1"],
-            "sign": true,
+            // No bootstrapsigner: kubeforge signs cluster-info for its tokens itself.
+            "sign": false,
         }),
     );
     (node, standin, port)
@@ -234,7 +235,25 @@ fn token_commands_create_list_delete_and_upload_certs() {
     let table = node.run_ok(&["token", "list"]);
     assert!(table.starts_with("TOKEN"), "{table}");
     assert!(table.contains("abcdef.0123456789abcdef   23h"), "{table}");
+    let info = || {
+        get(
+            &node,
+            port,
+            "/api/v1/namespaces/kube-public/configmaps/cluster-info",
+        )
+    };
+    let signature = info()["data"]["jws-kubeconfig-abcdef"].clone();
+    assert!(
+        signature
+            .as_str()
+            .is_some_and(|s| s.starts_with("eyJhbGciOiJIUzI1NiIsImtpZCI6ImFiY2RlZiJ9..")),
+        "{signature}"
+    );
     node.run_ok(&["token", "delete", "abcdef"]);
+    assert!(
+        info()["data"]["jws-kubeconfig-abcdef"].is_null(),
+        "a deleted token's signature stays"
+    );
     let gone = node.run(&["token", "delete", "abcdef"]);
     assert_eq!(gone.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&gone.stderr).contains("not found"));

@@ -28,6 +28,13 @@ pub struct TokenSecret {
     pub groups: Vec<String>,
 }
 
+impl TokenSecret {
+    pub fn token(&self) -> Result<crate::config::Token> {
+        crate::config::Token::parse(&format!("{}.{}", self.id, self.secret))
+            .map_err(anyhow::Error::msg)
+    }
+}
+
 fn template(name: &str) -> &'static str {
     match name {
         "upload-config-kubeadm" => {
@@ -186,14 +193,27 @@ pub fn token_secret(t: &TokenSecret) -> Result<Object> {
 }
 
 /// Every token's Secret, then the RBAC and cluster-info of contract 6.6-6.7.
+/// Every token's Secret, then the RBAC and cluster-info of contract 6.6-6.7. cluster-info
+/// carries the signature of every token with the signing usage, computed as the
+/// controller-manager's bootstrapsigner computes it: the join commands work at once, and the
+/// signer, finding the same bytes, leaves the ConfigMap as it is.
 pub fn bootstrap_token(cfg: &Config, tokens: &[TokenSecret], ca_pem: &[u8]) -> Result<Vec<Object>> {
     let mut objects = tokens
         .iter()
         .map(token_secret)
         .collect::<Result<Vec<_>>>()?;
+    let kubeconfig = cluster_info_kubeconfig(cfg, ca_pem);
+    let signatures: Vec<Value> = tokens
+        .iter()
+        .filter(|t| t.usages.iter().any(|u| u == "signing"))
+        .map(|t| {
+            let token = t.token()?;
+            Ok(json!({ "id": t.id, "jws": super::token::detached_jws(&kubeconfig, &token) }))
+        })
+        .collect::<Result<_>>()?;
     objects.extend(render_objects(
         "bootstrap-token",
-        &json!({ "clusterInfoKubeconfig": cluster_info_kubeconfig(cfg, ca_pem) }),
+        &json!({ "clusterInfoKubeconfig": kubeconfig, "signatures": signatures }),
     )?);
     Ok(objects)
 }

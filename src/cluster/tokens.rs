@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -148,9 +148,12 @@ pub fn create(
             }
             (false, given) => given,
         };
+        if req.usages.iter().any(|u| u == "signing") {
+            sign_cluster_info(&client, &token, API_TIMEOUT).await?;
+        }
         if req.print_join_command {
-            // The printed command must work at once: wait for the signed cluster-info.
-            wait_for_signature(&client, &token, API_TIMEOUT).await?;
+            // The printed command must work at once: its signature is in cluster-info.
+            verify_signature(&client, &token, API_TIMEOUT).await?;
         }
         Ok::<_, anyhow::Error>(key)
     })?;
@@ -225,30 +228,80 @@ pub fn join_commands(
     (worker, control_plane)
 }
 
-/// Waits until the bootstrapsigner has signed cluster-info for `token` and checks the signature
-/// itself, so that a printed join command is one that discovery accepts.
-pub async fn wait_for_signature(
+/// Reads kube-public/cluster-info, retrying while the API server is briefly away.
+async fn cluster_info(client: &kube::Client, limit: Duration) -> Result<ConfigMap> {
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-public");
+    let start = Instant::now();
+    loop {
+        match maps.get("cluster-info").await {
+            Ok(cm) => return Ok(cm),
+            Err(e) if start.elapsed() < limit => {
+                tracing::debug!("reading kube-public/cluster-info: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => bail!("reading kube-public/cluster-info: {e}"),
+        }
+    }
+}
+
+/// Checks that cluster-info carries `token`'s signature of its kubeconfig, so that a printed
+/// join command is one that discovery accepts.
+pub async fn verify_signature(client: &kube::Client, token: &Token, limit: Duration) -> Result<()> {
+    let key = format!("jws-kubeconfig-{}", token.id());
+    let data = cluster_info(client, limit).await?.data.unwrap_or_default();
+    match (data.get(&key), data.get("kubeconfig")) {
+        (Some(jws), Some(kubeconfig)) if token::jws_is_valid(jws, kubeconfig, token) => Ok(()),
+        (Some(_), _) => bail!("cluster-info carries a {key} signature that the token does not verify"),
+        (None, _) => bail!("cluster-info carries no signature for token ID {}: does the token have the signing usage?", token.id()),
+    }
+}
+
+/// Signs cluster-info for `token` (a merge patch adding its `jws-kubeconfig-<id>`), as the
+/// controller-manager's bootstrapsigner would a moment later, with the same bytes.
+pub async fn sign_cluster_info(
     client: &kube::Client,
     token: &Token,
     limit: Duration,
 ) -> Result<()> {
-    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-public");
+    let cm = cluster_info(client, limit).await?;
+    let data = cm.data.unwrap_or_default();
+    let kubeconfig = data
+        .get("kubeconfig")
+        .ok_or_else(|| anyhow!("kube-public/cluster-info has no kubeconfig key"))?;
     let key = format!("jws-kubeconfig-{}", token.id());
-    let start = Instant::now();
-    loop {
-        if let Ok(cm) = maps.get("cluster-info").await {
-            let data = cm.data.unwrap_or_default();
-            if let (Some(jws), Some(kubeconfig)) = (data.get(&key), data.get("kubeconfig")) {
-                if token::jws_is_valid(jws, kubeconfig, token) {
-                    return Ok(());
-                }
-                bail!("cluster-info carries a {key} signature that the token does not verify");
-            }
-        }
-        if start.elapsed() > limit {
-            bail!("the controller-manager did not sign cluster-info for token ID {} within {limit:?} (is its bootstrapsigner controller enabled?)", token.id());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let patch = json!({ "data": { key: token::detached_jws(kubeconfig, token) } });
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-public");
+    maps.patch(
+        "cluster-info",
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(|e| {
+        anyhow!(
+            "signing kube-public/cluster-info for token ID {}: {e}",
+            token.id()
+        )
+    })?;
+    Ok(())
+}
+
+/// Removes a deleted token's signature from cluster-info (the bootstrapsigner would, at its next
+/// pass); a cluster without cluster-info is left alone.
+async fn unsign_cluster_info(client: &kube::Client, id: &str) -> Result<()> {
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-public");
+    let patch = json!({ "data": { format!("jws-kubeconfig-{id}"): null } });
+    match maps
+        .patch(
+            "cluster-info",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => bail!("removing token ID {id}'s signature from kube-public/cluster-info: {e}"),
     }
 }
 
@@ -372,17 +425,20 @@ pub fn delete(ids: &[String], kubeconfig: &Path, out: Output) -> Result<()> {
     }
     crate::block_on(async {
         let client = crate::kube::client(kubeconfig, None).await?;
-        let secrets: Api<Secret> = Api::namespaced(client, "kube-system");
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), "kube-system");
         for id in &checked {
             match secrets
                 .delete(&format!("bootstrap-token-{id}"), &DeleteParams::default())
                 .await
             {
-                Ok(_) => out.step(
-                    "token",
-                    &format!("bootstrap token {id:?} deleted"),
-                    json!({ "deleted": id }),
-                ),
+                Ok(_) => {
+                    unsign_cluster_info(&client, id).await?;
+                    out.step(
+                        "token",
+                        &format!("bootstrap token {id:?} deleted"),
+                        json!({ "deleted": id }),
+                    )
+                }
                 Err(kube::Error::Api(s)) if s.code == 404 => {
                     bail!("bootstrap token {id:?} not found")
                 }

@@ -31,8 +31,8 @@ pub trait Effects {
         env: &Env,
         spec: &BootstrapToken,
     ) -> Result<Option<(Token, Option<String>)>>;
-    /// Waits until the bootstrapsigner has signed cluster-info for `token`.
-    fn wait_signed(&self, env: &Env, token: &Token) -> Result<()>;
+    /// Checks that cluster-info carries the token's signature.
+    fn verify_signed(&self, env: &Env, token: &Token) -> Result<()>;
     /// Adds the control-plane labels and `taints` to this node.
     fn mark_control_plane(&self, env: &Env, taints: &[Taint]) -> Result<()>;
     /// Waits for the kubelet and the static pods, until their mirror pods are Ready.
@@ -133,9 +133,9 @@ impl Effects for Live {
         crate::block_on(tokens::reusable(&client, spec, env.now))
     }
 
-    fn wait_signed(&self, env: &Env, token: &Token) -> Result<()> {
+    fn verify_signed(&self, env: &Env, token: &Token) -> Result<()> {
         let client = self.client(env)?;
-        crate::block_on(tokens::wait_for_signature(&client, token, Self::limit(env)))
+        crate::block_on(tokens::verify_signature(&client, token, Self::limit(env)))
     }
 
     fn mark_control_plane(&self, env: &Env, taints: &[Taint]) -> Result<()> {
@@ -262,7 +262,7 @@ impl Effects for DryRun {
         Ok(None)
     }
 
-    fn wait_signed(&self, _: &Env, _: &Token) -> Result<()> {
+    fn verify_signed(&self, _: &Env, _: &Token) -> Result<()> {
         Ok(())
     }
 

@@ -529,7 +529,7 @@ fn show_join_command(d: &mut InitData, _: &Step) -> Result<()> {
         .context("the cluster CA")?
         .into_contents();
     let hash = token::ca_pin(&ca_der)?;
-    env.effects().wait_signed(env, &token)?;
+    env.effects().verify_signed(env, &token)?;
     let endpoint = env
         .cfg
         .control_plane_endpoint_url()

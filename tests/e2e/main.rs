@@ -169,6 +169,77 @@ fn node_files() -> BTreeMap<std::path::PathBuf, (Vec<u8>, std::time::SystemTime,
     files
 }
 
+/// The controller-manager's log so far (its newest container's).
+fn controller_manager_log() -> String {
+    let mut text = String::new();
+    if let Ok(dirs) = std::fs::read_dir("/var/log/pods") {
+        for dir in dirs.flatten().filter(|d| {
+            d.file_name()
+                .to_string_lossy()
+                .starts_with("kube-system_kube-controller-manager-")
+        }) {
+            for log in std::fs::read_dir(dir.path().join("kube-controller-manager"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                text.push_str(&std::fs::read_to_string(log.path()).unwrap_or_default());
+            }
+        }
+    }
+    text
+}
+
+/// init signs cluster-info for its token itself; once the controller-manager's bootstrapsigner
+/// has run, the signature is the same bytes and the ConfigMap was not rewritten: the same
+/// resourceVersion, kubeforge its only field manager.
+fn assert_the_signer_keeps_kubeforges_signature(s: &Scenario, run: &harness::Run) {
+    let (token, _, _) = printed_join(&run.text());
+    let key = format!("jws-kubeconfig-{}", &token[..6]);
+    let get = || {
+        kubectl_json(
+            &s.host,
+            &[
+                "get",
+                "configmap",
+                "-n",
+                "kube-public",
+                "cluster-info",
+                "--show-managed-fields",
+            ],
+        )
+    };
+    let at_init = get();
+    let start = Instant::now();
+    while !controller_manager_log().contains("bootstrap-signer-controller") {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the controller-manager never started its bootstrapsigner"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let started = start.elapsed().as_secs_f64();
+    // Its first pass comes once its informers have synced: a few seconds at most.
+    std::thread::sleep(Duration::from_secs(10));
+    let later = get();
+    assert_eq!(
+        later["data"][&key], at_init["data"][&key],
+        "the signer changed kubeforge's signature"
+    );
+    assert_eq!(
+        later["metadata"]["resourceVersion"], at_init["metadata"]["resourceVersion"],
+        "the signer rewrote cluster-info: {later}"
+    );
+    let managers: Vec<&str> = later["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert_eq!(managers, ["kubeforge"], "{later}");
+    println!("FIGURES: the bootstrapsigner started {started:.1} s after init returned and left cluster-info as kubeforge signed it");
+}
+
 /// The objects of contract 6 on the real API server, and the join command as printed.
 fn assert_cluster_bootstrapped(s: &Scenario, run: &harness::Run) {
     let text = run.text();
@@ -273,6 +344,7 @@ fn init_brings_up_the_control_plane_and_a_rerun_changes_nothing() {
     assert_ok(&s, &run);
     assert_control_plane_ready(&s);
     assert_cluster_bootstrapped(&s, &run);
+    assert_the_signer_keeps_kubeforges_signature(&s, &run);
     let written = run
         .at("Creating static Pod manifest for \"kube-scheduler\"")
         .expect("the control-plane phase line");
@@ -583,18 +655,30 @@ fn control_plane_join_args(s: &Scenario, token: &str, hash: &str, key: &str) -> 
     .to_vec()
 }
 
-/// Node 1 initialized with `--upload-certs`, and its printed (token, CA hash, certificate key);
-/// None when the suite was not asked for.
-fn init_for_joins() -> Option<(Scenario, String, String, Option<String>)> {
+/// Node 2 started (its containerd and kubelet ready), then node 1 initialized with
+/// `--upload-certs`, and its printed (token, CA hash, certificate key): the join that follows
+/// starts the moment init returns. None when the suite was not asked for.
+fn init_for_joins() -> Option<(Scenario, Node2, String, String, Option<String>)> {
     if !asked_for() {
         return None;
     }
     common::require_tool("etcdctl");
     let s = Scenario::start();
+    let node = Node2::start(&s.host);
     let run = init(&s, &["--upload-certs"], &[]);
     assert_ok(&s, &run);
     let (token, hash, key) = printed_join(&run.text());
-    Some((s, token, hash, key))
+    Some((s, node, token, hash, key))
+}
+
+/// A join that had to wait for cluster-info's signature says so; kubeforge signs it at init.
+fn assert_no_signature_wait(join_output: &str) {
+    for waited in ["is not signed for token ID", "there is no JWS signed token"] {
+        assert!(
+            !join_output.contains(waited),
+            "the join waited for cluster-info's signature:\n{join_output}"
+        );
+    }
 }
 
 /// `kubeforge join` on node 2 with `args`: (success, output, seconds).
@@ -618,7 +702,7 @@ fn join_on(node: &Node2, args: &[String]) -> (bool, String, f64) {
 /// on node 2 takes its etcd member out again. Then a fresh node 2 joins as a worker.
 #[test]
 fn a_second_node_joins_as_control_plane_and_as_worker() {
-    let Some((s, token, hash, _)) = init_for_joins() else {
+    let Some((s, node, token, hash, _)) = init_for_joins() else {
         return;
     };
 
@@ -644,9 +728,9 @@ fn a_second_node_joins_as_control_plane_and_as_worker() {
     ]));
 
     let control_plane = control_plane_join_args(&s, &token, &hash, key);
-    let node = Node2::start(&s.host);
     let (ok, text, seconds) = join_on(&node, &control_plane);
     assert!(ok, "the control-plane join failed:\n{text}");
+    assert_no_signature_wait(&text);
     assert!(text.contains("is promoted"), "{text}");
     assert_node2_is_a_control_plane(&s, &COMPONENTS);
     for shared in ["ca.key", "sa.key", "front-proxy-ca.key", "etcd/ca.key"] {
@@ -802,10 +886,9 @@ fn assert_the_api_server_made_the_priority_classes_kubeforge_makes(s: &Scenario)
 /// annotations; `kubeadm reset phase remove-etcd-member` on node 2 finds its member through them.
 #[test]
 fn kubeadm_joins_a_cluster_kubeforge_built() {
-    let Some((s, token, hash, key)) = init_for_joins() else {
+    let Some((s, node, token, hash, key)) = init_for_joins() else {
         return;
     };
-    let node = Node2::start(&s.host);
     let start = Instant::now();
     let (ok, text) = finished(
         node.command(&s.host.kubeadm)
@@ -830,6 +913,7 @@ fn kubeadm_joins_a_cluster_kubeforge_built() {
         ok,
         "kubeadm's join of the kubeforge cluster failed:\n{text}"
     );
+    assert_no_signature_wait(&text);
     // kubeadm v1.35 renders etcd's probes for etcd ≥ 3.5 (/readyz, /livez), which an etcd 3.4
     // image (KUBEFORGE_E2E_ETCD_TAG=3.4.23-0 here) does not serve: its etcd runs and votes but
     // never turns Ready. kubeforge renders the probes of the etcd version in use.

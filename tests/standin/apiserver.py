@@ -244,6 +244,7 @@ class Api(BaseHTTPRequestHandler):
             sign_cluster_info()
             return self.send(201, obj)
         if self.command == "DELETE":
+            self.body()  # DeleteOptions: read, so the next request on this connection parses
             if key not in STORE:
                 return self.status(404, "NotFound", f"{resource} {name!r} not found")
             return self.send(200, STORE.pop(key))
@@ -259,17 +260,12 @@ class Api(BaseHTTPRequestHandler):
                 want = patch.get("metadata", {}).get("resourceVersion")
                 if want and want != old["metadata"]["resourceVersion"]:
                     return self.status(409, "Conflict", "the object has been modified")
-                new = copy.deepcopy(old)
-                for field, value in patch.items():
-                    if isinstance(value, dict) and isinstance(new.get(field), dict):
-                        new[field].update({k: v for k, v in value.items() if k != "resourceVersion"})
-                    else:
-                        new[field] = value
+                new = merge(copy.deepcopy(old), patch)
             meta = new.setdefault("metadata", {})
             if old is None:
                 meta.update(uid=str(uuid.uuid4()), resourceVersion=next_version())
             else:
-                if resource == "configmaps" and name == "cluster-info":
+                if resource == "configmaps" and name == "cluster-info" and "apply-patch" in kind:
                     # Signatures are the signer's fields, not the applier's: apply keeps them.
                     for k, v in old.get("data", {}).items():
                         if k.startswith("jws-kubeconfig-"):
@@ -287,6 +283,20 @@ class Api(BaseHTTPRequestHandler):
         self.status(405, "MethodNotAllowed", self.command)
 
     do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = handle_any
+
+
+def merge(target, patch):
+    """RFC 7386 JSON merge patch (a null deletes); resourceVersion is a precondition, not data."""
+    for field, value in patch.items():
+        if field == "resourceVersion":
+            continue
+        if value is None:
+            target.pop(field, None)
+        elif isinstance(value, dict) and isinstance(target.get(field), dict):
+            merge(target[field], value)
+        else:
+            target[field] = value
+    return target
 
 
 class Health(BaseHTTPRequestHandler):
