@@ -66,6 +66,8 @@ pub struct Running {
 pub struct Runtime {
     containers: RuntimeServiceClient<Channel>,
     images: ImageServiceClient<Channel>,
+    /// Sandboxes created before this (ns since the epoch) are not looked at.
+    since: i64,
 }
 
 impl Runtime {
@@ -90,12 +92,20 @@ impl Runtime {
         Ok(Runtime {
             containers: RuntimeServiceClient::new(channel.clone()),
             images: ImageServiceClient::new(channel),
+            since: 0,
         })
     }
 
-    /// The containers of the newest sandbox of `kube-system/<pod>`, oldest first; None while the
-    /// kubelet has not created the pod's sandbox.
-    async fn containers_of(&mut self, pod: &str) -> Result<Option<Vec<k8s_cri::v1::Container>>> {
+    /// From now on only sandboxes created at or after `t` count: after a manifest is replaced,
+    /// the old pod's containers (a crash-looping one above all) are not the new pod's.
+    pub fn only_sandboxes_since(&mut self, t: std::time::SystemTime) {
+        let ns = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        self.since = i64::try_from(ns).unwrap_or(i64::MAX);
+    }
+
+    async fn newest_sandbox(&mut self, pod: &str) -> Result<Option<k8s_cri::v1::PodSandbox>> {
         let sandboxes = self
             .containers
             .list_pod_sandbox(ListPodSandboxRequest {
@@ -111,7 +121,16 @@ impl Runtime {
             .await?
             .into_inner()
             .items;
-        let Some(sandbox) = sandboxes.iter().max_by_key(|s| s.created_at) else {
+        Ok(sandboxes
+            .into_iter()
+            .filter(|s| s.created_at >= self.since)
+            .max_by_key(|s| s.created_at))
+    }
+
+    /// The containers of the newest sandbox of `kube-system/<pod>`, oldest first; None while the
+    /// kubelet has not created the pod's sandbox.
+    async fn containers_of(&mut self, pod: &str) -> Result<Option<Vec<k8s_cri::v1::Container>>> {
+        let Some(sandbox) = self.newest_sandbox(pod).await? else {
             return Ok(None);
         };
         let mut containers = self
@@ -127,6 +146,17 @@ impl Runtime {
             .containers;
         containers.sort_by_key(|c| (c.metadata.as_ref().map_or(0, |m| m.attempt), c.created_at));
         Ok(Some(containers))
+    }
+
+    /// The newest sandbox of `kube-system/<pod>`: its pod UID and whether it is still ready.
+    pub async fn sandbox(&mut self, pod: &str) -> Result<Option<(String, bool)>> {
+        Ok(self.newest_sandbox(pod).await?.map(|s| {
+            let uid = s.metadata.as_ref().map_or(String::new(), |m| m.uid.clone());
+            (
+                uid,
+                s.state == k8s_cri::v1::PodSandboxState::SandboxReady as i32,
+            )
+        }))
     }
 
     /// The running container of `kube-system/<pod>`, if one runs.
@@ -269,7 +299,23 @@ impl Runtime {
         })
     }
 
-    async fn has_image(&mut self, image: &str) -> Result<bool> {
+    /// Pulls `image` (the runtime's credentials and mirrors apply).
+    pub async fn pull(&mut self, image: &str) -> Result<()> {
+        self.images
+            .pull_image(k8s_cri::v1::PullImageRequest {
+                image: Some(ImageSpec {
+                    image: image.to_string(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow!("pulling {image}: {}", e.message()))?;
+        Ok(())
+    }
+
+    /// Whether `image` is on the node.
+    pub async fn has_image(&mut self, image: &str) -> Result<bool> {
         let response = self
             .images
             .image_status(ImageStatusRequest {

@@ -22,6 +22,8 @@ pub mod node;
 pub mod output;
 pub mod pki;
 pub mod preflight;
+pub mod upgrade;
+pub mod versions;
 pub mod workflow;
 
 use std::future::Future;

@@ -13,15 +13,16 @@ use crate::node::{journal_entries, Layout};
 use crate::output::Output;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Severity {
+pub enum Severity {
     Error,
     Warning,
 }
 
-struct Finding {
-    check: String,
-    severity: Severity,
-    message: String,
+/// One check's complaint, under kubeadm's check name.
+pub struct Finding {
+    pub check: String,
+    pub severity: Severity,
+    pub message: String,
 }
 
 /// What the checks look at: the config, the node, and what kubeforge wrote there before.
@@ -281,25 +282,38 @@ pub fn run(
         ));
     }
     out.step("preflight", "Running pre-flight checks", json!({}));
-    let ignore: Vec<String> = cfg
-        .init
-        .node_registration
-        .ignore_preflight_errors
-        .iter()
-        .map(|s| s.to_lowercase())
-        .collect();
+    let findings = checks(cfg, layout, control_plane);
+    report(
+        out,
+        "preflight",
+        findings,
+        &cfg.init.node_registration.ignore_preflight_errors,
+        enforce,
+    )
+}
+
+/// Prints the warnings; the errors not ignored (`all` ignores every one) stop the run when
+/// `enforce`, listed as kubeadm lists them.
+pub fn report(
+    out: &Output,
+    prefix: &str,
+    findings: Vec<Finding>,
+    ignore: &[String],
+    enforce: bool,
+) -> Result<()> {
+    let ignore: Vec<String> = ignore.iter().map(|s| s.to_lowercase()).collect();
     let ignored = |check: &str| {
         ignore
             .iter()
             .any(|i| i == "all" || *i == check.to_lowercase())
     };
     let mut fatal = Vec::new();
-    for f in checks(cfg, layout, control_plane) {
+    for f in findings {
         if f.severity == Severity::Error && !ignored(&f.check) && enforce {
             fatal.push(format!("\t[ERROR {}]: {}", f.check, f.message));
         } else {
             out.step(
-                "preflight",
+                prefix,
                 &format!("\t[WARNING {}]: {}", f.check, f.message),
                 json!({ "check": f.check, "warning": f.message }),
             );
@@ -307,7 +321,7 @@ pub fn run(
     }
     if !fatal.is_empty() {
         bail!(
-            "[preflight] Some fatal errors occurred:\n{}\n[preflight] If you know what you are doing, you can make a check non-fatal with `--ignore-preflight-errors=...`",
+            "[{prefix}] Some fatal errors occurred:\n{}\n[{prefix}] If you know what you are doing, you can make a check non-fatal with `--ignore-preflight-errors=...`",
             fatal.join("\n")
         );
     }

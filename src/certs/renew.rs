@@ -45,6 +45,8 @@ pub struct Item {
     pub ca: String,
     /// The static pods that read it.
     pub used_by: Vec<Component>,
+    /// The component whose upgrade renews it (kubeadm's `renewCertsByComponent`).
+    pub upgraded_with: Option<Component>,
     pub source: Source,
 }
 
@@ -66,6 +68,11 @@ pub fn items(cfg: &Config) -> Vec<Item> {
                 long_name: p.renewal.clone()?,
                 ca: p.signer.clone()?,
                 used_by: components(&p.used_by),
+                upgraded_with: p
+                    .upgraded_with
+                    .as_deref()
+                    .or(p.used_by.first().map(String::as_str))
+                    .and_then(Component::from_name),
                 source: Source::Pki(p),
             })
         })
@@ -76,6 +83,7 @@ pub fn items(cfg: &Config) -> Vec<Item> {
             long_name: k.renewal.clone()?,
             ca: "ca".into(),
             used_by: components(&k.used_by),
+            upgraded_with: k.used_by.first().and_then(|c| Component::from_name(c)),
             source: Source::Kubeconfig(k),
         })
     }));

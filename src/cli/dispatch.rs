@@ -27,6 +27,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Certs(command) => certs(global, command, out),
         Command::Token(command) => token(global, command, out),
         Command::Kubeconfig(command) => kubeconfig(global, command, out),
+        Command::Upgrade(command) => {
+            super::upgrade::run(command, &global.kubernetes_dir, &global.kubelet_dir, out)
+        }
         Command::Reset {
             force,
             dry_run,
@@ -118,6 +121,9 @@ fn config_command(global: &Global, command: ConfigCommand, out: Output) -> Resul
     match command {
         ConfigCommand::Print(PrintCommand::InitDefaults) => {
             print!("{}", config::print_init_defaults());
+        }
+        ConfigCommand::Print(PrintCommand::UpgradeDefaults) => {
+            print!("{}", config::upgrade::print_defaults());
         }
         ConfigCommand::Validate { config: path } => {
             config::load(Some(&path), &Default::default(), &global.kubernetes_dir)?;

@@ -2,6 +2,7 @@
 //! workflows' and domain modules' options (`dispatch`).
 
 pub mod dispatch;
+pub mod upgrade;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -112,6 +113,9 @@ pub enum Command {
     /// Kubeconfig file utilities.
     #[command(subcommand)]
     Kubeconfig(KubeconfigCommand),
+    /// Upgrade the cluster (plan, apply, node, diff), rolling back by itself on failure.
+    #[command(subcommand)]
+    Upgrade(upgrade::UpgradeCommand),
     /// Remove everything kubeforge wrote on this node (from its journal).
     Reset {
         /// Do not ask for confirmation.
@@ -381,6 +385,8 @@ pub enum ImagesCommand {
 pub enum PrintCommand {
     /// The default InitConfiguration and ClusterConfiguration (kubeadm.k8s.io/v1beta4).
     InitDefaults,
+    /// The default UpgradeConfiguration (kubeadm.k8s.io/v1beta4).
+    UpgradeDefaults,
 }
 
 /// Where a certs command finds the cluster's configuration and certificates.
@@ -553,5 +559,16 @@ impl From<TokenCreate> for crate::cluster::tokens::CreateRequest {
             upload_certs: t.upload_certs,
             cert_dir: t.cert_dir,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks over every command (duplicate names, bad defaults), which it
+    /// otherwise runs only when a command is parsed.
+    #[test]
+    fn every_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

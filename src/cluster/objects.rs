@@ -243,7 +243,8 @@ pub fn coredns(cfg: &Config) -> Result<Vec<Object>> {
         .collect()
 }
 
-pub fn kube_proxy(cfg: &Config) -> Result<Vec<Object>> {
+/// kubeadm's KubeProxyConfiguration text for the cluster.
+fn kube_proxy_template(cfg: &Config) -> Result<String> {
     let ipv6 = cfg
         .init
         .local_api_endpoint
@@ -251,27 +252,39 @@ pub fn kube_proxy(cfg: &Config) -> Result<Vec<Object>> {
         .parse::<std::net::Ipv6Addr>()
         .is_ok();
     let pod_subnet = &cfg.cluster.networking.pod_subnet;
-    let proxy_config = render_text(
+    let text = render_text(
         "kube-proxy.conf",
         &json!({
             "bindAddress": if ipv6 { "'::'" } else { "0.0.0.0" },
             "clusterCIDR": if pod_subnet.is_empty() { "\"\"".to_string() } else { pod_subnet.clone() },
         }),
     )?;
-    let proxy_kubeconfig = render_text(
-        "kube-proxy-kubeconfig.conf",
-        &json!({ "server": cfg.control_plane_endpoint_url() }),
-    )?;
-    let mut proxy_config = proxy_config.trim_end().to_string();
+    Ok(text.trim_end().to_string())
+}
+
+/// kube-proxy's KubeProxyConfiguration: kubeadm's, with the operator's document merged over it.
+pub fn kube_proxy_config(cfg: &Config) -> Result<Value> {
+    let mut value: Value = serde_yaml::from_str(&kube_proxy_template(cfg)?)
+        .context("the kube-proxy config template")?;
     if let Some(user) = &cfg.kube_proxy {
-        let mut value: Value =
-            serde_yaml::from_str(&proxy_config).context("the kube-proxy config template")?;
         crate::kubelet::merge(
             &mut value,
             serde_json::to_value(user).context("the KubeProxyConfiguration document")?,
         );
-        proxy_config = to_yaml(value).trim_end().to_string();
     }
+    Ok(value)
+}
+
+pub fn kube_proxy(cfg: &Config) -> Result<Vec<Object>> {
+    let proxy_kubeconfig = render_text(
+        "kube-proxy-kubeconfig.conf",
+        &json!({ "server": cfg.control_plane_endpoint_url() }),
+    )?;
+    let proxy_config = match &cfg.kube_proxy {
+        // kubeadm's own text, byte for byte, when the operator changed nothing.
+        None => kube_proxy_template(cfg)?,
+        Some(_) => to_yaml(kube_proxy_config(cfg)?).trim_end().to_string(),
+    };
     let data = BTreeMap::from([
         ("config.conf".to_string(), proxy_config.clone()),
         (

@@ -7,9 +7,10 @@ mod duration;
 pub mod join;
 pub mod net;
 mod overrides;
-mod position;
+pub(crate) mod position;
 mod token;
 mod types;
+pub mod upgrade;
 pub mod v1beta3;
 mod validate;
 
@@ -29,7 +30,7 @@ pub const DEFAULT_KUBERNETES_VERSION: &str = "v1.37.0";
 pub const SUPPORTED_MINORS: (u32, u32) = (33, 37);
 pub const SUPPORTED_VERSIONS: &str = "v1.33–v1.37";
 
-const V1BETA4: &str = "kubeadm.k8s.io/v1beta4";
+pub(crate) const V1BETA4: &str = "kubeadm.k8s.io/v1beta4";
 const V1BETA3: &str = "kubeadm.k8s.io/v1beta3";
 
 /// Everything `init` needs, fully defaulted and validated.
@@ -279,7 +280,7 @@ fn unknown_kind(origin: &Origin, doc: usize, api_version: &str, kind: &str) -> C
     }
 }
 
-fn typed<T: serde::de::DeserializeOwned>(
+pub(crate) fn typed<T: serde::de::DeserializeOwned>(
     origin: &Origin,
     doc: usize,
     kind: &str,
@@ -317,7 +318,7 @@ fn typed<T: serde::de::DeserializeOwned>(
     })
 }
 
-fn yaml_error(origin: &Origin, e: &serde_yaml::Error) -> ConfigError {
+pub(crate) fn yaml_error(origin: &Origin, e: &serde_yaml::Error) -> ConfigError {
     ConfigError {
         file: origin.file.clone(),
         field: String::new(),

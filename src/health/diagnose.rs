@@ -25,6 +25,7 @@ const SIGNATURES: &[(&str, bool, &str)] = &[
     ("tls: ", true, "a TLS problem with its certificates"),
     ("no such file or directory", true, "a file it needs is missing on the node"),
     ("permission denied", true, "it cannot read a file or bind a port (permission denied)"),
+    ("cannot be downgraded", true, "etcd's data was written by a newer etcd (it needs the data from before the upgrade)"),
     ("etcdserver: ", false, "etcd refuses its requests"),
     ("context deadline exceeded", false, "it cannot reach a server it depends on (etcd for the API server, the API server for the others)"),
     ("connection refused", false, "it cannot reach a server it depends on (etcd for the API server, the API server for the others)"),

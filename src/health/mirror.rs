@@ -10,7 +10,16 @@ use super::diagnose::Container;
 /// `GET /livez` through the client (TLS verified against the cluster CA, client certificate
 /// sent): true on 200.
 pub async fn livez(client: &Client) -> bool {
-    let Ok(request) = http::Request::get("/livez").body(Vec::new()) else {
+    answers(client, "/livez").await
+}
+
+/// `GET /readyz` likewise: the API server serves, its RBAC and other post-start hooks done.
+pub async fn readyz(client: &Client) -> bool {
+    answers(client, "/readyz").await
+}
+
+async fn answers(client: &Client, path: &str) -> bool {
+    let Ok(request) = http::Request::get(path).body(Vec::new()) else {
         return false;
     };
     tokio::time::timeout(Duration::from_secs(2), client.request_text(request))

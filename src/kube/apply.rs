@@ -88,6 +88,20 @@ macro_rules! objects {
                     $(Object::$cl(o) => apply_with(Api::all(client.clone()), o, &what, limit).await,)+
                 }
             }
+
+            /// What applying it would change (a server-side dry-run): None when nothing,
+            /// an empty diff when it would be created.
+            pub async fn preview(&self, client: &Client) -> Result<Option<String>> {
+                let what = self.describe();
+                let namespace = self.meta().namespace.clone().unwrap_or_default();
+                match self {
+                    $(Object::$ns(o) => {
+                        let api = Api::namespaced(client.clone(), &namespace);
+                        preview_with(api, o, &what).await
+                    })+
+                    $(Object::$cl(o) => preview_with(Api::all(client.clone()), o, &what).await,)+
+                }
+            }
         }
     };
 }
@@ -167,6 +181,65 @@ where
             Err(e) => bail!("applying {what}: {e}"),
         }
     }
+}
+
+/// The object without what the server keeps for itself, as YAML.
+fn comparable<K: Serialize>(object: &K) -> String {
+    let mut value = serde_json::to_value(object).unwrap_or_default();
+    if let Some(meta) = value["metadata"].as_object_mut() {
+        for key in [
+            "managedFields",
+            "resourceVersion",
+            "generation",
+            "creationTimestamp",
+            "uid",
+        ] {
+            meta.remove(key);
+        }
+    }
+    if let Some(map) = value.as_object_mut() {
+        map.remove("status");
+    }
+    crate::manifests::to_yaml(value)
+}
+
+async fn preview_with<K>(api: Api<K>, object: &K, what: &str) -> Result<Option<String>>
+where
+    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
+    let before = api
+        .get_opt(&name)
+        .await
+        .map_err(|e| anyhow!("reading {what}: {e}"))?;
+    let after = api
+        .patch(&name, &params, &Patch::Apply(object))
+        .await
+        .map_err(|e| anyhow!("dry-running {what}: {e}"))?;
+    let Some(before) = before else {
+        return Ok(Some(String::new()));
+    };
+    let (old, new) = (comparable(&before), comparable(&after));
+    Ok((old != new).then(|| {
+        similar::TextDiff::from_lines(&old, &new)
+            .unified_diff()
+            .context_radius(3)
+            .header("live", "after the upgrade")
+            .to_string()
+    }))
+}
+
+/// What applying each object would change, in the objects' order (see `Object::preview`).
+pub async fn preview_all(
+    client: &Client,
+    objects: &[Object],
+    limit: Duration,
+) -> Result<Vec<Option<String>>> {
+    let all = futures::future::try_join_all(objects.iter().map(|o| o.preview(client)));
+    tokio::time::timeout(limit, all)
+        .await
+        .map_err(|_| anyhow!("the API server did not answer the dry-run within {limit:?}"))?
 }
 
 /// Applies every object at once (they do not depend on each other: a binding may name a role

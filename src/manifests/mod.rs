@@ -13,6 +13,7 @@ use std::path::Path;
 use crate::config::net::{connect_host, is_unspecified, url_host};
 use crate::config::{semver, Arg, Config, HostPathMount};
 use crate::node::Layout;
+use crate::versions;
 
 /// A control-plane component that runs as a static pod, in the order kubeadm writes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -109,7 +110,8 @@ const CA_TRUST: &[(&str, &str)] = &[
     ("usr-share-ca-certificates", "/usr/share/ca-certificates"),
 ];
 
-/// kubeadm v1.35's etcd table: 1.33 → 3.5.24-0, newer → 3.6.6-0; `etcd.local.imageTag` wins.
+/// The etcd image tag for the config's version (`templates/versions.yaml`); `etcd.local.imageTag`
+/// wins.
 pub fn etcd_image_tag(cfg: &Config) -> String {
     if let Some(tag) = cfg
         .cluster
@@ -121,12 +123,7 @@ pub fn etcd_image_tag(cfg: &Config) -> String {
     {
         return tag.clone();
     }
-    if cfg.kubernetes_minor() <= 33 {
-        "3.5.24-0"
-    } else {
-        "3.6.6-0"
-    }
-    .into()
+    versions::for_minor(cfg.kubernetes_minor()).etcd.clone()
 }
 
 fn image(cfg: &Config, name: &str, tag: &str, repo_override: Option<&str>) -> String {
@@ -150,7 +147,7 @@ pub fn coredns_image(cfg: &Config) -> String {
     };
     let tag = Some(cfg.cluster.dns.image_tag.as_str())
         .filter(|t| !t.is_empty())
-        .unwrap_or("v1.13.1");
+        .unwrap_or(&versions::for_minor(cfg.kubernetes_minor()).coredns);
     image(cfg, name, tag, Some(&cfg.cluster.dns.image_repository))
 }
 
@@ -167,11 +164,7 @@ pub fn images(cfg: &Config) -> Vec<String> {
     if !cfg.cluster.dns.disabled {
         list.push(coredns_image(cfg));
     }
-    let pause = if cfg.kubernetes_minor() <= 33 {
-        "3.10"
-    } else {
-        "3.10.1"
-    };
+    let pause = &versions::for_minor(cfg.kubernetes_minor()).pause;
     list.push(image(cfg, "pause", pause, None));
     if let Some(local) = &cfg.cluster.etcd.local {
         list.push(image(
@@ -198,6 +191,36 @@ fn is_ipv6(addr: &str) -> bool {
 /// after its container starts on a 2-core VM, and makes the class itself a second later.
 const STARTUP_PROBE_DELAY: u64 = 6;
 const STARTUP_PROBE_PERIOD: u64 = 1;
+
+/// The run-once static pod that restores an etcd snapshot (`templates/etcd-restore.yaml.hbs`):
+/// `image` runs `command` with `snapshot_dir` (read-only) and `restore_dir` mounted at the same
+/// paths as on the host.
+pub fn etcd_restore_pod(
+    image: &str,
+    command: &[String],
+    snapshot_dir: &Path,
+    restore_dir: &Path,
+) -> Result<String> {
+    let mut hb = Handlebars::new();
+    hb.set_strict_mode(true);
+    hb.register_escape_fn(handlebars::no_escape);
+    let quoted: Vec<String> = command
+        .iter()
+        .map(|a| serde_json::to_string(a).expect("a string"))
+        .collect();
+    let text = hb.render_template(
+        include_str!("../../templates/etcd-restore.yaml.hbs"),
+        &json!({
+            "command": quoted,
+            "etcdctl": command.first().is_some_and(|c| c == "etcdctl"),
+            "image": image,
+            "snapshotDir": snapshot_dir,
+            "restoreDir": restore_dir,
+        }),
+    )?;
+    let pod: Pod = serde_yaml::from_str(&text).context("the etcd restore pod template")?;
+    Ok(serialize(&pod))
+}
 
 /// What the templates of one node render with: its config, its paths, and `--templates DIR`.
 pub struct Renderer<'a> {
@@ -313,6 +336,8 @@ impl Renderer<'_> {
             "signingCert": cert,
             "signingKey": key,
             "caTrust": ca_trust(),
+            // kubeadm v1.36 no longer mounts the FlexVolume plugin directory.
+            "flexVolume": cfg.kubernetes_minor() < 36,
             "probe": self.probe(&host, 10257),
         })
     }

@@ -10,6 +10,11 @@ use std::path::{Component, Path, PathBuf};
 
 use super::Layout;
 
+/// Run backup directories are `<kubernetes-dir>/tmp/kubeforge-backup-<time>`.
+const BACKUP_PREFIX: &str = "kubeforge-backup-";
+/// How many runs' backups are kept: this one and the two before it.
+const KEEP_RUNS: usize = 3;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Same bytes and mode were already there: not touched at all.
@@ -273,6 +278,19 @@ impl HostWriter {
         Ok(true)
     }
 
+    /// Renames `from` to `to` (same filesystem), journaling `to` when it is new; nothing happens
+    /// in a dry-run.
+    pub fn rename(&mut self, from: &Path, to: &Path) -> Result<()> {
+        if self.changes_nothing() {
+            return Ok(());
+        }
+        if let Some(journal) = &mut self.journal {
+            journal.note(to)?;
+        }
+        fs::rename(from, to)
+            .with_context(|| format!("renaming {} to {}", from.display(), to.display()))
+    }
+
     pub fn write(&mut self, path: &Path, contents: &[u8], mode: u32) -> Result<Outcome> {
         if self.preview {
             bail!("{} is not written: this run only previews", path.display());
@@ -314,25 +332,80 @@ impl HostWriter {
         }
     }
 
-    fn backup(&mut self, path: &Path) -> Result<PathBuf> {
-        if self.backup_run_dir.is_none() {
-            let stamp = time::OffsetDateTime::now_utc()
-                .format(time::macros::format_description!(
-                    "[year]-[month]-[day]-[hour]-[minute]-[second]"
-                ))
-                .expect("static format");
-            let dir = self.backup_root.join(format!("kubeforge-backup-{stamp}"));
-            if let Some(journal) = &mut self.journal {
-                journal.note(&dir)?;
-            }
-            create_dir_all_mode(&dir, 0o700)?;
-            self.backup_run_dir = Some(dir);
+    /// This run's backup directory, `<kubernetes-dir>/tmp/kubeforge-backup-<time>`: made and
+    /// journaled on first use, and then the runs before it beyond the newest `KEEP_RUNS - 1` are
+    /// removed. Everything the run replaces is kept here, and what it saves beside (an etcd
+    /// snapshot).
+    pub fn run_backup_dir(&mut self) -> Result<PathBuf> {
+        if let Some(dir) = &self.backup_run_dir {
+            return Ok(dir.clone());
         }
-        let dest = self
-            .backup_run_dir
-            .as_ref()
-            .expect("set above")
-            .join(strip_root(path));
+        if self.changes_nothing() {
+            bail!("a dry-run keeps no backups");
+        }
+        let stamp = time::OffsetDateTime::now_utc()
+            .format(time::macros::format_description!(
+                "[year]-[month]-[day]-[hour]-[minute]-[second]"
+            ))
+            .expect("static format");
+        let mut dir = self.backup_root.join(format!("{BACKUP_PREFIX}{stamp}"));
+        for n in 2.. {
+            if !dir.exists() {
+                break;
+            }
+            dir = self.backup_root.join(format!("{BACKUP_PREFIX}{stamp}-{n}"));
+        }
+        self.prune_backups(KEEP_RUNS - 1)?;
+        if let Some(journal) = &mut self.journal {
+            journal.note(&dir)?;
+        }
+        create_dir_all_mode(&dir, 0o700)?;
+        self.backup_run_dir = Some(dir.clone());
+        Ok(dir)
+    }
+
+    /// Removes every run backup directory but the newest `keep`; what it removed.
+    fn prune_backups(&mut self, keep: usize) -> Result<Vec<PathBuf>> {
+        let mut runs: Vec<PathBuf> = match fs::read_dir(&self.backup_root) {
+            Ok(entries) => entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(BACKUP_PREFIX))
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect(),
+            Err(_) => return Ok(Vec::new()),
+        };
+        // Names sort by time (and a same-second run's -N after it).
+        runs.sort_by_key(|p| {
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let (stamp, n) = match name.rsplit_once('-') {
+                Some((s, n)) if n.len() < 3 && s.len() > BACKUP_PREFIX.len() + 18 => {
+                    (s.to_string(), n.parse().unwrap_or(0))
+                }
+                _ => (name.clone(), 0),
+            };
+            (stamp, n)
+        });
+        let old = runs.len().saturating_sub(keep);
+        let removed: Vec<PathBuf> = runs.into_iter().take(old).collect();
+        for dir in &removed {
+            fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+            tracing::info!("removed the old backup {}", dir.display());
+        }
+        Ok(removed)
+    }
+
+    /// Copies `path` into this run's backup directory, unless the run backed it up already (a
+    /// run's backup holds the state before the run, even of a file it writes twice).
+    pub fn backup(&mut self, path: &Path) -> Result<PathBuf> {
+        let dest = self.run_backup_dir()?.join(strip_root(path));
+        if dest.exists() {
+            return Ok(dest);
+        }
         if let Some(parent) = dest.parent() {
             create_dir_all_mode(parent, 0o700)?;
         }
@@ -475,6 +548,48 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(leftovers, vec![std::ffi::OsString::from("x.key")]);
+    }
+
+    #[test]
+    fn a_run_keeps_the_first_backup_of_a_file_and_the_last_three_runs_are_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let l = layout(root.path());
+        for old in [
+            "2026-01-01-00-00-00",
+            "2026-01-02-00-00-00",
+            "2026-01-02-00-00-00-2",
+        ] {
+            fs::create_dir_all(l.backup_dir.join(format!("{BACKUP_PREFIX}{old}"))).unwrap();
+        }
+        fs::create_dir_all(l.backup_dir.join("kubeadm-backup-manifests-x")).unwrap();
+        let mut w = HostWriter::open(&l, false).unwrap();
+        let f = l.manifests_dir.join("etcd.yaml");
+        w.write(&f, b"old", 0o600).unwrap();
+        w.write(&f, b"new", 0o600).unwrap();
+        let Outcome::Replaced { backup } = w.write(&f, b"old", 0o600).unwrap() else {
+            panic!("replaced")
+        };
+        assert_eq!(
+            fs::read(&backup).unwrap(),
+            b"old",
+            "the state before the run"
+        );
+        let mut left: Vec<String> = fs::read_dir(&l.backup_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("backup"))
+            .collect();
+        left.sort();
+        assert_eq!(left.len(), 4, "{left:?}");
+        assert!(left.contains(&"kubeadm-backup-manifests-x".to_string()));
+        assert!(
+            !left.iter().any(|n| n.ends_with("2026-01-01-00-00-00")),
+            "{left:?}"
+        );
+        assert!(
+            left.iter().any(|n| n.ends_with("2026-01-02-00-00-00-2")),
+            "{left:?}"
+        );
     }
 
     #[test]

@@ -67,6 +67,9 @@ pub struct CertProfile {
     /// The static pods that read the file (by component name).
     #[serde(default)]
     pub used_by: Vec<String>,
+    /// The component whose upgrade renews it, when not the first of `used_by`.
+    #[serde(default)]
+    pub upgraded_with: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -281,6 +284,17 @@ pub fn pem_to_der(text: &str, tag: &str) -> Result<Vec<u8>> {
         bail!("expected a PEM block of type {tag}, found {}", p.tag());
     }
     Ok(p.into_contents())
+}
+
+/// The subject CN of the first certificate in `cert_pem`.
+pub fn common_name(cert_pem: &str) -> Result<String> {
+    let der = pem_to_der(cert_pem, "CERTIFICATE")?;
+    let (_, cert) = X509Certificate::from_der(&der).map_err(|e| anyhow!("{e}"))?;
+    let cn = cert.subject().iter_common_name().next();
+    Ok(cn
+        .and_then(|c| c.as_str().ok())
+        .unwrap_or_default()
+        .to_string())
 }
 
 fn random_serial() -> SerialNumber {

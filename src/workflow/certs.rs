@@ -287,9 +287,21 @@ fn restart_component(d: &mut RenewData, step: &Step) -> Result<()> {
         };
         d.out.step("restart", &format!("Restarted {} (container {shown}): its certificates changed; waiting until it is Ready", component.name()), json!({ "component": component.name(), "container": before.id }));
         let client = crate::kube::local_client(&admin, &server).await?;
-        let took =
-            crate::health::wait_restarted(&d.cfg, &d.layout, &d.out, component, &before, &client)
-                .await?;
+        let took = crate::health::wait_restarted(
+            &d.cfg,
+            &d.layout,
+            &d.out,
+            component,
+            &before,
+            &client,
+            crate::health::Until {
+                mirror: true,
+                limit: d.cfg.init.timeouts.control_plane_component_health_check.0,
+                since: None,
+            },
+        )
+        .await?
+        .0;
         Ok::<_, anyhow::Error>((before, took))
     })?;
     tracing::info!("{pod}: container {} replaced", before.id);

@@ -9,3 +9,14 @@ pub fn after_phase(phase: &str) {
         }
     }
 }
+
+/// `KUBEFORGE_FAULT=after-swap:<component>`: killed right after an upgrade swapped that
+/// component's manifest, before waiting for it (an upgrade interrupted between components).
+pub fn after_swap(component: &str) {
+    if let Ok(spec) = std::env::var("KUBEFORGE_FAULT") {
+        if spec.strip_prefix("after-swap:") == Some(component) {
+            eprintln!("KUBEFORGE_FAULT: killing the process after swapping {component}");
+            std::process::abort();
+        }
+    }
+}

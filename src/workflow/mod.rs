@@ -8,10 +8,11 @@
 pub mod certs;
 mod effects;
 mod env;
-mod fault;
+pub(crate) mod fault;
 pub mod init;
 pub mod join;
 pub mod reset;
+pub mod upgrade;
 
 use anyhow::{anyhow, Context as _, Result};
 use serde_json::json;
@@ -33,7 +34,8 @@ pub struct Step<'a> {
 }
 
 type RunFn<D> = fn(&mut D, &Step) -> Result<()>;
-type UndoFn<D> = fn(&mut D) -> Result<()>;
+/// Undoes a completed phase, told its name (one function can undo several sibling phases).
+type UndoFn<D> = fn(&mut D, &str) -> Result<()>;
 /// When a phase runs, and what it says when it does not.
 type RunIf<D> = (fn(&D) -> bool, Option<&'static str>);
 
@@ -47,6 +49,9 @@ pub struct Phase<D> {
     run_if: Option<RunIf<D>>,
     run: Option<RunFn<D>>,
     undo: Option<UndoFn<D>>,
+    /// Once this phase completes, what ran before it is no longer undone: the point after which
+    /// a failure leaves the run to be completed by a re-run, not rolled back.
+    commits: bool,
 }
 
 impl<D> Phase<D> {
@@ -58,6 +63,7 @@ impl<D> Phase<D> {
             run_if: None,
             run: None,
             undo: None,
+            commits: false,
         }
     }
 
@@ -86,6 +92,12 @@ impl<D> Phase<D> {
         self.undo = Some(undo);
         self
     }
+
+    /// Marks the phase as the run's point of no return (see `commits`).
+    pub fn commits(mut self) -> Self {
+        self.commits = true;
+        self
+    }
 }
 
 /// What every workflow's data offers the runner.
@@ -102,9 +114,9 @@ pub struct Selection {
     pub skip: Vec<String>,
 }
 
-/// The phases that completed and can be undone, in the order they ran.
+/// The phases that completed and can be undone, in the order they ran: (path, name, undo).
 struct Done<D> {
-    undo: Vec<(String, UndoFn<D>)>,
+    undo: Vec<(String, String, UndoFn<D>)>,
 }
 
 /// Runs `phases` on `data` as `selection` says. When a phase fails, the completed phases'
@@ -179,11 +191,14 @@ fn run_phase<D: Data>(
         run(data, &step).with_context(|| format!("phase {path}"))?;
     }
     if let Some(undo) = phase.undo {
-        done.undo.push((path.to_string(), undo));
+        done.undo.push((path.to_string(), phase.name.clone(), undo));
     }
     for child in children {
         let child_path = format!("{path}/{}", child.name);
         run_phase(child, &child_path, None, data, skip, done)?;
+    }
+    if phase.commits {
+        done.undo.clear();
     }
     Ok(())
 }
@@ -192,8 +207,8 @@ fn run_phase<D: Data>(
 /// run; the returned error is the original one, with the failed undos named.
 fn unwind<D: Data>(done: Done<D>, data: &mut D, error: anyhow::Error) -> anyhow::Error {
     let mut failed = Vec::new();
-    for (path, undo) in done.undo.into_iter().rev() {
-        match undo(data) {
+    for (path, name, undo) in done.undo.into_iter().rev() {
+        match undo(data, &name) {
             Ok(()) => data.out().step(
                 "undo",
                 &format!("Undid phase {path}"),

@@ -34,12 +34,12 @@ fn record(d: &mut Log, step: &Step) -> Result<()> {
     Ok(())
 }
 
-fn undo_a(d: &mut Log) -> Result<()> {
+fn undo_a(d: &mut Log, _: &str) -> Result<()> {
     d.ran.push("undo a".into());
     Ok(())
 }
 
-fn undo_b(d: &mut Log) -> Result<()> {
+fn undo_b(d: &mut Log, _: &str) -> Result<()> {
     d.ran.push("undo b".into());
     if d.undo_fails == Some("b") {
         anyhow::bail!("b stuck");
@@ -174,6 +174,25 @@ fn a_failed_undo_is_named_and_the_others_still_run() {
     assert!(log
         .ran
         .ends_with(&["undo b".to_string(), "undo a".to_string()]));
+}
+
+#[test]
+fn nothing_before_a_committing_phase_is_undone() {
+    let phases = vec![
+        Phase::new("a", "first").run(record).undo(undo_a),
+        Phase::new("b", "the point of no return")
+            .run(record)
+            .undo(undo_b)
+            .commits(),
+        Phase::new("d", "last").run(record),
+    ];
+    let mut log = Log {
+        fail_at: Some("d"),
+        ..Log::default()
+    };
+    let e = run(&phases, &mut log, &Selection::default()).unwrap_err();
+    assert_eq!(format!("{e:#}"), "phase d: d broke");
+    assert_eq!(log.ran, ["a[]", "b[]", "d[]"]);
 }
 
 #[test]

@@ -6,6 +6,8 @@
 
 use std::time::{Duration, Instant};
 
+pub mod snapshot;
+
 use anyhow::{anyhow, bail, Result};
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, MemberAddOptions, TlsOptions};
 
