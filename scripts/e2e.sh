@@ -14,6 +14,10 @@
 # The join scenarios run a second node on this host (network and mount namespaces, its own
 # containerd, started with KUBEFORGE_E2E_CONTAINERD_CONFIG or /etc/containerd/config.toml, and
 # its own kubelet): they need nsenter, unshare, containerd and ctr too.
+# The upgrade scenarios need the next minor's images on the node and name what they miss:
+# KUBEFORGE_E2E_UPGRADE_TO (e.g. v1.36.3), KUBEFORGE_E2E_UPGRADE_ETCD_TAG (another real etcd image's
+# tag to move etcd to, e.g. 3.6.13-0; with etcdutl in it for the restore) and KUBEADM_UPGRADE_BIN
+# (real kubeadm of that version, for its plan and the side-by-side figures).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # faketime makes the expired-certificates scenario's certificates (Debian's package).

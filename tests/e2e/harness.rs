@@ -315,6 +315,8 @@ pub struct Run {
     pub lines: Vec<(f64, String)>,
     pub stderr: String,
     pub seconds: f64,
+    /// The process's peak resident set (VmHWM), KiB, as last sampled before it exited.
+    pub peak_rss_kib: u64,
 }
 
 impl Run {
@@ -339,15 +341,45 @@ pub fn binary() -> String {
 }
 
 pub fn kubeforge(args: &[&str], env: &[(&str, &str)]) -> Run {
+    measured(Path::new(&binary()), args, env)
+}
+
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Runs `program`: its stdout lines timed from the start, its stderr, and its peak RSS.
+pub fn measured(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let start = Instant::now();
-    let mut child = Command::new(binary())
+    let mut child = Command::new(program)
         .args(args)
         .envs(env.iter().copied())
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("kubeforge");
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+    let pid = child.id();
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(Ordering::Relaxed) {
+                peak = peak.max(vm_hwm_kib(pid).unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        })
+    };
     let stderr = child.stderr.take().unwrap();
     let err_thread =
         std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
@@ -357,11 +389,13 @@ pub fn kubeforge(args: &[&str], env: &[(&str, &str)]) -> Run {
         .map(|l| (start.elapsed().as_secs_f64(), l))
         .collect();
     let status = child.wait().unwrap();
+    done.store(true, Ordering::Relaxed);
     Run {
         success: status.success(),
         lines,
         stderr: err_thread.join().unwrap(),
         seconds: start.elapsed().as_secs_f64(),
+        peak_rss_kib: sampler.join().unwrap(),
     }
 }
 
@@ -391,6 +425,36 @@ fn iptables_chains() -> BTreeSet<(String, String)> {
         }
     }
     chains
+}
+
+/// Deletes the rules that jump into `chains` from chains outside it (kube-proxy's jumps from
+/// the built-in chains), so the chains themselves can be deleted.
+fn remove_jumps_into(chains: &BTreeSet<(String, String)>) {
+    let Ok(out) = Command::new("iptables-save").output() else {
+        return;
+    };
+    let mut table = String::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.to_string();
+            continue;
+        }
+        let Some(rule) = line.strip_prefix("-A ") else {
+            continue;
+        };
+        let from = rule.split_whitespace().next().unwrap_or_default();
+        let into = rule
+            .rsplit_once(" -j ")
+            .map(|(_, t)| t.split_whitespace().next());
+        let is_new = |c: &str| chains.contains(&(table.clone(), c.to_string()));
+        if !is_new(from) && into.flatten().is_some_and(is_new) {
+            // iptables-save quotes the way a shell reads.
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!("iptables -t {table} -D {rule}"))
+                .status();
+        }
+    }
 }
 
 /// One scenario's node: the supervised kubelet, and on drop everything removed again —
@@ -454,17 +518,33 @@ impl Drop for Scenario {
             let _ = Command::new("umount").args(["-l", m]).status();
         }
         let _ = std::fs::remove_dir_all(KUBELET_DIR);
-        for (table, chain) in iptables_chains().difference(&self.chains_before) {
-            let _ = Command::new("iptables")
-                .args(["-t", table, "-F", chain])
-                .status();
-            let _ = Command::new("iptables")
-                .args(["-t", table, "-X", chain])
-                .status();
+        let new_chains: BTreeSet<_> = iptables_chains()
+            .difference(&self.chains_before)
+            .cloned()
+            .collect();
+        remove_jumps_into(&new_chains);
+        // Every chain emptied first: kube-proxy's chains jump into each other.
+        for (flag, quiet) in [("-F", false), ("-X", true)] {
+            for (table, chain) in &new_chains {
+                let mut iptables = Command::new("iptables");
+                iptables.args(["-t", table, flag, chain]);
+                if quiet {
+                    iptables.stderr(Stdio::null());
+                }
+                let _ = iptables.status();
+            }
         }
         if let Ok(entries) = std::fs::read_dir("/var/log/pods") {
+            let _ = std::fs::create_dir_all(self.host.log_dir.join("pods"));
             for e in entries.flatten() {
                 if e.file_name().to_string_lossy().starts_with("kube-system_") {
+                    // Kept beside the kubelet's log, for a failure's post-mortem.
+                    let kept = self.host.log_dir.join("pods").join(e.file_name());
+                    let _ = Command::new("cp")
+                        .arg("-r")
+                        .arg(e.path())
+                        .arg(&kept)
+                        .status();
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }

@@ -8,13 +8,14 @@ mod certs;
 mod common;
 mod harness;
 mod node2;
+mod upgrade;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use harness::{kubectl_json, kubeforge, Scenario, KUBELET_DIR, KUBERNETES_DIR, NODE};
-use node2::{Node2, NODE2, NODE2_ADDRESS};
+use node2::{node_name, ExtraNode, NODE2, NODE2_ADDRESS};
 
 const COMPONENTS: [&str; 4] = [
     "etcd",
@@ -658,13 +659,20 @@ fn control_plane_join_args(s: &Scenario, token: &str, hash: &str, key: &str) -> 
 /// Node 2 started (its containerd and kubelet ready), then node 1 initialized with
 /// `--upload-certs`, and its printed (token, CA hash, certificate key): the join that follows
 /// starts the moment init returns. None when the suite was not asked for.
-fn init_for_joins() -> Option<(Scenario, Node2, String, String, Option<String>)> {
+fn init_for_joins() -> Option<(Scenario, ExtraNode, String, String, Option<String>)> {
+    init_for_joins_with(&[])
+}
+
+/// `init_for_joins`, node 2 also given `images` of this host's.
+fn init_for_joins_with(
+    images: &[String],
+) -> Option<(Scenario, ExtraNode, String, String, Option<String>)> {
     if !asked_for() {
         return None;
     }
     common::require_tool("etcdctl");
     let s = Scenario::start();
-    let node = Node2::start(&s.host);
+    let node = ExtraNode::start_as(&s.host, 2, images);
     let run = init(&s, &["--upload-certs"], &[]);
     assert_ok(&s, &run);
     let (token, hash, key) = printed_join(&run.text());
@@ -682,7 +690,7 @@ fn assert_no_signature_wait(join_output: &str) {
 }
 
 /// `kubeforge join` on node 2 with `args`: (success, output, seconds).
-fn join_on(node: &Node2, args: &[String]) -> (bool, String, f64) {
+fn join_on(node: &ExtraNode, args: &[String]) -> (bool, String, f64) {
     let start = Instant::now();
     let (ok, text) = finished(
         node.command(harness::binary())
@@ -781,7 +789,7 @@ fn a_second_node_joins_as_control_plane_and_as_worker() {
             .args(["delete", "node", NODE2]),
     );
 
-    let node = Node2::start(&s.host);
+    let node = ExtraNode::start(&s.host);
     // A worker's join: the same line without the control-plane flags.
     let worker = [&control_plane[..5], &control_plane[10..]].concat();
     let (ok, text, worker_seconds) = join_on(&node, &worker);
@@ -830,7 +838,7 @@ fn kubeforge_joins_a_cluster_kubeadm_built() {
     let (token, hash, key) = printed_join(&init);
     let joined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         assert_the_api_server_made_the_priority_classes_kubeforge_makes(&s);
-        let node = Node2::start(&s.host);
+        let node = ExtraNode::start(&s.host);
         let key = key.as_deref().expect("kubeadm printed a certificate key");
         let (ok, text, seconds) = join_on(&node, &control_plane_join_args(&s, &token, &hash, key));
         assert!(ok, "kubeforge's join of kubeadm's cluster failed:\n{text}");
@@ -847,19 +855,31 @@ fn kubeforge_joins_a_cluster_kubeadm_built() {
         );
         seconds
     }));
-    let reset = kubeadm(&["reset", "--force", "--cri-socket", &s.host.cri_socket]);
-    assert!(!reset.ends_with("FAILED"), "kubeadm reset:\n{reset}");
-    // kubeadm reset leaves these two empty directories behind, and etcd's member directory.
-    for dir in ["pki", "manifests"] {
-        let _ = std::fs::remove_dir(Path::new(KUBERNETES_DIR).join(dir));
-    }
-    let _ = std::fs::remove_dir_all("/var/lib/etcd/member");
+    kubeadm_reset(&s);
     match joined {
         Ok(seconds) => println!(
             "FIGURES: kubeforge joined kubeadm's cluster as a second control plane in {seconds:.1} s"
         ),
         Err(panic) => std::panic::resume_unwind(panic),
     }
+}
+
+/// `kubeadm reset` of a node real kubeadm built, and what it leaves behind removed.
+fn kubeadm_reset(s: &Scenario) {
+    let (ok, text) = finished(
+        std::process::Command::new(&s.host.kubeadm)
+            .args(["reset", "--force", "--cri-socket", &s.host.cri_socket])
+            .output()
+            .unwrap(),
+    );
+    assert!(ok, "kubeadm reset:\n{text}");
+    // kubeadm reset leaves these two empty directories behind, etcd's member directory, and
+    // (unless asked) its backups in tmp/.
+    for dir in ["pki", "manifests"] {
+        let _ = std::fs::remove_dir(Path::new(KUBERNETES_DIR).join(dir));
+    }
+    let _ = std::fs::remove_dir_all("/var/lib/etcd/member");
+    let _ = std::fs::remove_dir_all(Path::new(KUBERNETES_DIR).join("tmp"));
 }
 
 /// kubeforge's init creates the API server's built-in PriorityClasses before the API server's own

@@ -1,8 +1,9 @@
-//! A second node on the same host, for joins: a network namespace on a bridge routed through
-//! this host, a mount namespace where /etc/kubernetes, /var/lib/{kubelet,etcd,containerd},
-//! /run/containerd and /var/log/pods are its own directories, its own containerd (this host's
-//! control-plane images copied in) and its own kubelet under the cgroup root /kf-e2e-node2 —
-//! everything a second machine brings to `join`, and all of it removed again on drop.
+//! More nodes on the same host, for joins: node N (2, 3) is a network namespace on a bridge
+//! routed through this host (address 10.78.0.N), a mount namespace where /etc/kubernetes,
+//! /var/lib/{kubelet,etcd,containerd}, /run/containerd and /var/log/pods are its own directories,
+//! its own containerd (this host's control-plane images copied in) and its own kubelet under the
+//! cgroup root /kf-e2e-nodeN — everything another machine brings to `join`, and all of it removed
+//! again on drop (the bridge with the last node).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,9 +13,24 @@ use crate::harness::{self, Host, Supervisor, KUBELET_DIR, KUBERNETES_DIR};
 
 pub const NODE2: &str = "kf-e2e-2";
 pub const NODE2_ADDRESS: &str = "10.78.0.2";
-const NS: &str = "kf-e2e-node2";
 const BRIDGE: &str = "kfe2ebr";
-const CGROUP_ROOT: &str = "kf-e2e-node2";
+
+/// Node `index`'s name, address, network namespace, veth on the bridge and cgroup root.
+pub fn node_name(index: u8) -> String {
+    format!("kf-e2e-{index}")
+}
+pub fn node_address(index: u8) -> String {
+    format!("10.78.0.{index}")
+}
+fn netns(index: u8) -> String {
+    format!("kf-e2e-node{index}")
+}
+fn veth(index: u8) -> String {
+    format!("kfe2eveth{index}")
+}
+fn cgroup_root(index: u8) -> String {
+    format!("kf-e2e-node{index}")
+}
 
 /// Node 2's own directories, bound over the host's inside its mount namespace.
 const OWN_DIRS: [&str; 6] = [
@@ -26,27 +42,29 @@ const OWN_DIRS: [&str; 6] = [
     "/var/log/pods",
 ];
 
-pub struct Node2 {
+pub struct ExtraNode {
+    index: u8,
     dir: tempfile::TempDir,
     holder: Child,
     containerd: Child,
     kubelet: Supervisor,
+    advertise_address: String,
 }
 
 fn ip(args: &[&str]) {
     harness::run(Command::new("ip").args(args));
 }
 
-fn cgroup_dirs() -> Vec<PathBuf> {
+fn cgroup_dirs(index: u8) -> Vec<PathBuf> {
     let root = Path::new("/sys/fs/cgroup");
     if root.join("cgroup.controllers").exists() {
-        return vec![root.join(CGROUP_ROOT)];
+        return vec![root.join(cgroup_root(index))];
     }
     std::fs::read_dir(root)
         .map(|d| {
             d.flatten()
                 .filter(|e| e.path().is_dir() && !e.path().is_symlink())
-                .map(|e| e.path().join(CGROUP_ROOT))
+                .map(|e| e.path().join(cgroup_root(index)))
                 .collect()
         })
         .unwrap_or_default()
@@ -64,44 +82,54 @@ fn remove_cgroup(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
-impl Node2 {
-    pub fn start(host: &Host) -> Node2 {
+fn snat_rule(advertise_address: &str) -> Vec<String> {
+    let rule = format!(
+        "POSTROUTING -s 10.78.0.254/32 -o {BRIDGE} -j SNAT --to-source {advertise_address}"
+    );
+    rule.split(' ').map(String::from).collect()
+}
+
+impl ExtraNode {
+    /// Node 2 with the images of the suite's config.
+    pub fn start(host: &Host) -> ExtraNode {
+        ExtraNode::start_as(host, 2, &[])
+    }
+
+    /// Node `index` (2 or 3) with the images of the suite's config and `more_images` (those of
+    /// them this host holds).
+    pub fn start_as(host: &Host, index: u8, more_images: &[String]) -> ExtraNode {
         for tool in ["nsenter", "unshare", "containerd", "ctr"] {
             crate::common::require_tool(tool);
         }
-        Node2::clean_leftovers();
-        ip(&["netns", "add", NS]);
-        ip(&["link", "add", BRIDGE, "type", "bridge"]);
-        ip(&["addr", "add", "10.78.0.254/24", "dev", BRIDGE]);
-        ip(&["link", "set", BRIDGE, "up"]);
+        ExtraNode::clean_leftovers(index, &host.advertise_address);
+        let (ns, veth) = (netns(index), veth(index));
+        if !Path::new(&format!("/sys/class/net/{BRIDGE}")).exists() {
+            ip(&["link", "add", BRIDGE, "type", "bridge"]);
+            ip(&["addr", "add", "10.78.0.254/24", "dev", BRIDGE]);
+            ip(&["link", "set", BRIDGE, "up"]);
+            // Node 1's etcd peer certificate names its advertise address, not the bridge's: etcd
+            // 3.6 rejects a peer whose source address its certificate does not name, so this
+            // host's traffic into the bridge leaves from the advertise address, as from a real
+            // machine.
+            harness::run(
+                Command::new("iptables")
+                    .args(["-t", "nat", "-A"])
+                    .args(snat_rule(&host.advertise_address)),
+            );
+        }
+        ip(&["netns", "add", &ns]);
         ip(&[
-            "link",
-            "add",
-            "kfe2eveth",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            NS,
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
         ]);
-        ip(&["link", "set", "kfe2eveth", "master", BRIDGE, "up"]);
-        ip(&[
-            "-n",
-            NS,
-            "addr",
-            "add",
-            &format!("{NODE2_ADDRESS}/24"),
-            "dev",
-            "eth0",
-        ]);
-        ip(&["-n", NS, "link", "set", "eth0", "up"]);
-        ip(&["-n", NS, "link", "set", "lo", "up"]);
-        ip(&["-n", NS, "route", "add", "default", "via", "10.78.0.254"]);
+        ip(&["link", "set", &veth, "master", BRIDGE, "up"]);
+        let cidr = format!("{}/24", node_address(index));
+        ip(&["-n", &ns, "addr", "add", &cidr, "dev", "eth0"]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&["-n", &ns, "route", "add", "default", "via", "10.78.0.254"]);
 
         // The kubelet's cgroup root must exist; a cpuset cgroup needs its CPUs and memory nodes.
-        for dir in cgroup_dirs() {
+        for dir in cgroup_dirs(index) {
             std::fs::create_dir_all(&dir).unwrap();
             for file in ["cpuset.cpus", "cpuset.mems"] {
                 if let Ok(parent) = std::fs::read_to_string(dir.parent().unwrap().join(file)) {
@@ -118,14 +146,14 @@ impl Node2 {
                 .collect();
             let _ = std::fs::write(
                 Path::new("/sys/fs/cgroup")
-                    .join(CGROUP_ROOT)
+                    .join(cgroup_root(index))
                     .join("cgroup.subtree_control"),
                 enable.join(" "),
             );
         }
 
-        // A process that holds node 2's mount namespace (slave: the host's mounts still show)
-        // with the bind mounts in place; everything on node 2 runs inside it through nsenter.
+        // A process that holds the node's mount namespace (slave: the host's mounts still show)
+        // with the bind mounts in place; everything on the node runs inside it through nsenter.
         let dir = tempfile::tempdir().unwrap();
         let mut binds = String::new();
         for own in OWN_DIRS {
@@ -137,7 +165,7 @@ impl Node2 {
             binds += &format!("mount --bind '{}' '{own}' && ", mine.display());
         }
         let holder = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{NS}"))
+            .arg(format!("--net=/run/netns/{ns}"))
             .args(["unshare", "--mount", "--propagation", "slave", "sh", "-c"])
             .arg(format!("{binds}exec sleep infinity"))
             .spawn()
@@ -147,7 +175,7 @@ impl Node2 {
         while std::fs::read_to_string(&comm).unwrap_or_default().trim() != "sleep" {
             assert!(
                 Instant::now() < deadline,
-                "node 2's namespaces did not come up"
+                "node {index}'s namespaces did not come up"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -162,7 +190,8 @@ impl Node2 {
         {
             containerd.arg("--config").arg(config);
         }
-        let log = std::fs::File::create(host.log_dir.join("containerd-node2.log")).unwrap();
+        let log = std::fs::File::create(host.log_dir.join(format!("containerd-node{index}.log")))
+            .unwrap();
         let containerd = containerd
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -172,14 +201,16 @@ impl Node2 {
             &host.kubelet,
             &dir.path().join("var-lib-kubelet"),
             &wrap,
-            &[format!("--cgroup-root=/{CGROUP_ROOT}")],
-            host.log_dir.join("kubelet-node2.log"),
+            &[format!("--cgroup-root=/{}", cgroup_root(index))],
+            host.log_dir.join(format!("kubelet-node{index}.log")),
         );
-        let node = Node2 {
+        let node = ExtraNode {
+            index,
             dir,
             holder,
             containerd,
             kubelet,
+            advertise_address: host.advertise_address.clone(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !node
@@ -192,15 +223,15 @@ impl Node2 {
         {
             assert!(
                 Instant::now() < deadline,
-                "node 2's containerd did not answer"
+                "node {index}'s containerd did not answer"
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        node.copy_images(host);
+        node.copy_images(host, more_images);
         node
     }
 
-    /// `program` run on node 2.
+    /// `program` run on this node.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("nsenter");
         c.args(["-t", &self.holder.id().to_string(), "-m", "-n"])
@@ -208,12 +239,12 @@ impl Node2 {
         c
     }
 
-    /// A path of node 2's as this host sees it, e.g. `/etc/kubernetes/admin.conf`.
+    /// A path of this node's as this host sees it, e.g. `/etc/kubernetes/admin.conf`.
     pub fn path(&self, inside: &str) -> PathBuf {
         let own = OWN_DIRS
             .iter()
             .find(|d| Path::new(inside).starts_with(d))
-            .expect("one of node 2's own directories");
+            .expect("one of the node's own directories");
         let rest = Path::new(inside).strip_prefix(own).unwrap();
         self.dir
             .path()
@@ -221,8 +252,9 @@ impl Node2 {
             .join(rest)
     }
 
-    /// The control-plane images this host's containerd holds, exported and imported into node 2's.
-    fn copy_images(&self, host: &Host) {
+    /// The control-plane images (and `more`) this host's containerd holds, exported and imported
+    /// into this node's.
+    fn copy_images(&self, host: &Host, more: &[String]) {
         let socket = host.cri_socket.trim_start_matches("unix://");
         let present = harness::run(Command::new("ctr").args([
             "--address",
@@ -242,6 +274,7 @@ impl Node2 {
         ]));
         let refs: Vec<&str> = wanted
             .lines()
+            .chain(more.iter().map(String::as_str))
             .filter(|r| present.lines().any(|p| p == *r))
             .collect();
         let mut export = Command::new("ctr")
@@ -262,27 +295,42 @@ impl Node2 {
         );
         assert!(
             import.status.success(),
-            "importing images into node 2: {}",
+            "importing images into node {}: {}",
+            self.index,
             String::from_utf8_lossy(&import.stderr)
         );
     }
 
-    /// What an interrupted earlier run may have left.
-    fn clean_leftovers() {
+    /// What an interrupted earlier run may have left of node `index`; the bridge too when no
+    /// other node is on it.
+    fn clean_leftovers(index: u8, advertise_address: &str) {
         for leftover in [
-            &["netns", "del", NS][..],
-            &["link", "del", BRIDGE],
-            &["link", "del", "kfe2eveth"],
+            ["netns", "del", &netns(index)],
+            ["link", "del", &veth(index)],
         ] {
             let _ = Command::new("ip").args(leftover).output();
         }
-        for dir in cgroup_dirs() {
+        for dir in cgroup_dirs(index) {
             remove_cgroup(&dir);
+        }
+        let ports = Command::new("ip")
+            .args(["-o", "link", "show", "master", BRIDGE])
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        if ports.is_empty() {
+            while Command::new("iptables")
+                .args(["-t", "nat", "-D"])
+                .args(snat_rule(advertise_address))
+                .output()
+                .is_ok_and(|o| o.status.success())
+            {}
+            let _ = Command::new("ip").args(["link", "del", BRIDGE]).output();
         }
     }
 }
 
-impl Drop for Node2 {
+impl Drop for ExtraNode {
     fn drop(&mut self) {
         self.kubelet.stop();
         let crictl = |args: &[&str]| {
@@ -299,7 +347,7 @@ impl Drop for Node2 {
             crictl(&["stopp", pod]);
             crictl(&["rmp", "-f", pod]);
         }
-        // Whatever still runs in node 2's mount namespace (containerd, shims) goes with it.
+        // Whatever still runs in the node's mount namespace (containerd, shims) goes with it.
         let ns = std::fs::read_link(format!("/proc/{}/ns/mnt", self.holder.id())).ok();
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.containerd.id() as i32),
@@ -324,6 +372,6 @@ impl Drop for Node2 {
         let _ = self.holder.kill();
         let _ = self.holder.wait();
         std::thread::sleep(Duration::from_millis(200));
-        Node2::clean_leftovers();
+        ExtraNode::clean_leftovers(self.index, &self.advertise_address);
     }
 }
