@@ -249,8 +249,14 @@ pub fn wait_up(
 /// new container, as the kubelet reports it — stale ones nudged; waited for together, briefly
 /// (a note names the ones still behind, which the kubelet writes at its next resync).
 pub fn mirror_pods(d: &mut UpgradeData, _: &Step) -> Result<()> {
+    follow_mirror_pods(d);
+    Ok(())
+}
+
+/// The mirror-pods step's work; also after a rollback, for the old containers.
+pub fn follow_mirror_pods(d: &mut UpgradeData) {
     if d.fresh.is_empty() {
-        return Ok(());
+        return;
     }
     let node = d.env.cfg.init.node_registration.name.clone();
     let start = Instant::now();
@@ -281,7 +287,6 @@ pub fn mirror_pods(d: &mut UpgradeData, _: &Step) -> Result<()> {
     } else {
         d.say("upgrade/staticpods", &format!("{behind:?} are healthy; the kubelet has not reported them in their mirror pods within {MIRROR_LIMIT:?} (it does at its next resync)"), json!({ "mirrorPods": false, "behind": behind }));
     }
-    Ok(())
 }
 
 /// A manifest already at the target (a re-run after an interruption): its component must be up

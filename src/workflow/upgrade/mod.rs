@@ -378,6 +378,9 @@ pub fn run(
         }
         let old = d.old.cluster.kubernetes_version.clone();
         let undone = !format!("{e:#}").contains("undoing failed");
+        if undone {
+            control_plane::follow_mirror_pods(&mut d);
+        }
         return Err(if undone {
             e.context(format!("rolled back after {took:.1} s: this node runs its control plane at {old} again, every component Ready"))
         } else {
