@@ -93,14 +93,7 @@ pub fn load(
             load_str(&text, "<stdin>", overrides, kubernetes_dir)
         }
         Some(p) => {
-            let file = p.display().to_string();
-            let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
-                file: file.clone(),
-                field: String::new(),
-                line: None,
-                column: None,
-                message: format!("cannot read the config file: {e}"),
-            })?;
+            let (file, text) = read_file(p)?;
             load_str(&text, &file, overrides, kubernetes_dir)
         }
     }
@@ -436,6 +429,19 @@ pub fn print_init_defaults() -> String {
         .map(|(m, _)| m)
         .expect("DEFAULT_KUBERNETES_VERSION is x.y.z");
     include_str!("init-defaults.yaml").replace("{{version}}", &format!("{minor}.0"))
+}
+
+/// A config file's name (for errors) and text; an unreadable one is a `ConfigError` naming it.
+pub fn read_file(path: &Path) -> Result<(String, String), ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        field: String::new(),
+        line: None,
+        column: None,
+        message: format!("cannot read the config file: {e}"),
+    })?;
+    Ok((file, text))
 }
 
 #[cfg(test)]

@@ -143,14 +143,7 @@ impl Default for UpgradePlan {
 /// `--config FILE` for the upgrade commands: one UpgradeConfiguration document (other kubeadm
 /// kinds beside it are passed over, as kubeadm does); an error names the file, field and line.
 pub fn load(path: &Path) -> Result<UpgradeConfiguration, ConfigError> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: file.clone(),
-        field: String::new(),
-        line: None,
-        column: None,
-        message: format!("cannot read the config file: {e}"),
-    })?;
+    let (file, text) = super::read_file(path)?;
     parse(&text, &file)
 }
 

@@ -39,12 +39,6 @@ async fn config_map_key(client: &kube::Client, name: &str, key: &str) -> Result<
     Ok(map.and_then(|m| m.data?.remove(key)))
 }
 
-fn forbidden(e: &anyhow::Error) -> bool {
-    e.chain().any(
-        |c| matches!(c.downcast_ref::<kube::Error>(), Some(kube::Error::Api(r)) if r.code == 403),
-    )
-}
-
 /// kubeadm-config (required: without it there is nothing to upgrade from), kubelet-config and
 /// kube-proxy's config (each optional).
 pub async fn read_stored(client: &kube::Client) -> Result<Stored> {
@@ -53,7 +47,7 @@ pub async fn read_stored(client: &kube::Client) -> Result<Stored> {
         .ok_or_else(|| anyhow!("In order to upgrade, a ConfigMap called \"kubeadm-config\" in the \"kube-system\" namespace must exist (with a ClusterConfiguration key). Use 'kubeforge init phase upload-config kubeadm --config your-config-file' to re-upload it."))?;
     // A worker's kubelet.conf may read kubeadm-config and kubelet-config, not kube-proxy's.
     let kube_proxy = match config_map_key(client, "kube-proxy", "config.conf").await {
-        Err(e) if forbidden(&e) => None,
+        Err(e) if crate::kube::api_status(&e) == Some(403) => None,
         read => read?,
     };
     Ok(Stored {

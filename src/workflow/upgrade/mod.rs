@@ -243,7 +243,7 @@ async fn read_cluster(
                 Ok::<_, anyhow::Error>((stored, version))
             };
             match attempt.await {
-                Err(e) if unavailable(&e) => {}
+                Err(e) if crate::kube::unavailable(&e) => {}
                 done => return done,
             }
         }
@@ -257,16 +257,6 @@ async fn read_cluster(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-}
-
-/// Whether `e` says the API server is not there (yet): no connection, or it is not serving.
-fn unavailable(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<kube::Error>(),
-            Some(kube::Error::Service(_) | kube::Error::HyperError(_))
-        ) || matches!(cause.downcast_ref::<kube::Error>(), Some(kube::Error::Api(r)) if r.code >= 500)
-    })
 }
 
 /// Reads the cluster and this node, and opens the node at the target version.
