@@ -11,6 +11,7 @@ use crate::config::upgrade::{self as upgrade_config, UpgradeConfiguration};
 use crate::output::Output;
 use crate::workflow::upgrade::plan::ReadOptions;
 use crate::workflow::upgrade::{self, Mode, UpgradeOptions};
+use crate::workflow::Selection;
 
 #[derive(Debug, Subcommand)]
 pub enum UpgradeCommand {
@@ -25,9 +26,9 @@ pub enum UpgradeCommand {
     },
     /// Upgrade the control plane on this node to VERSION, then the cluster's configuration; rolls
     /// back by itself when a component does not come up.
-    Apply(Box<ApplyArgs>),
+    Apply(Box<ApplyCommand>),
     /// Upgrade this node (another control-plane node, or a worker) to the cluster's version.
-    Node(Box<NodeArgs>),
+    Node(Box<NodeCommand>),
     /// Show what the upgrade would change in this node's static pod manifests.
     Diff {
         #[arg(value_name = "VERSION")]
@@ -66,6 +67,65 @@ pub struct Common {
     /// Allow upgrading to release-candidate versions.
     #[arg(long)]
     pub allow_release_candidate_upgrades: bool,
+}
+
+/// `phase` and `phase/child`, as `--skip-phases` names them.
+fn phase_paths(mode: Mode) -> Vec<String> {
+    let mut paths = Vec::new();
+    for phase in upgrade::phases(mode) {
+        paths.push(phase.name.clone());
+        paths.extend(
+            phase
+                .children
+                .iter()
+                .map(|c| format!("{}/{}", phase.name, c.name)),
+        );
+    }
+    paths
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ApplyCommand {
+    #[command(subcommand)]
+    pub phase: Option<ApplyPhase>,
+    #[command(flatten)]
+    pub args: ApplyArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApplyPhase {
+    /// Run one phase (`phase` or `phase/child`) of the apply workflow.
+    #[command(after_help = crate::workflow::help_table(&upgrade::phases(Mode::Apply)))]
+    Phase {
+        /// The phase to run.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(phase_paths(Mode::Apply)))]
+        name: String,
+        #[command(flatten)]
+        args: ApplyArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct NodeCommand {
+    #[command(subcommand)]
+    pub phase: Option<NodePhase>,
+    #[command(flatten)]
+    pub args: NodeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodePhase {
+    /// Run one phase (`phase` or `phase/child`) of the node workflow.
+    #[command(after_help = crate::workflow::help_table(&upgrade::phases(Mode::Node)))]
+    Phase {
+        /// The phase to run.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(phase_paths(Mode::Node)))]
+        name: String,
+        #[command(flatten)]
+        args: NodeArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -200,6 +260,18 @@ fn node_options(args: NodeArgs) -> Result<UpgradeOptions> {
     })
 }
 
+fn one_phase(path: &str) -> Selection {
+    let (phase, child) = match path.split_once('/') {
+        Some((phase, child)) => (phase, Some(child.to_string())),
+        None => (path, None),
+    };
+    Selection {
+        phase: Some(phase.to_string()),
+        child,
+        skip: Vec::new(),
+    }
+}
+
 pub fn run(
     command: UpgradeCommand,
     kubernetes_dir: &Path,
@@ -225,11 +297,21 @@ pub fn run(
             };
             upgrade::plan::plan(&options, kubernetes_dir, kubelet_dir, out)
         }
-        UpgradeCommand::Apply(args) => {
-            upgrade::run(apply_options(*args)?, kubernetes_dir, kubelet_dir, out)
+        UpgradeCommand::Apply(command) => {
+            let (args, selection) = match command.phase {
+                None => (command.args, Selection::default()),
+                Some(ApplyPhase::Phase { name, args }) => (args, one_phase(&name)),
+            };
+            let opts = apply_options(args)?;
+            upgrade::run(opts, selection, kubernetes_dir, kubelet_dir, out)
         }
-        UpgradeCommand::Node(args) => {
-            upgrade::run(node_options(*args)?, kubernetes_dir, kubelet_dir, out)
+        UpgradeCommand::Node(command) => {
+            let (args, selection) = match command.phase {
+                None => (command.args, Selection::default()),
+                Some(NodePhase::Phase { name, args }) => (args, one_phase(&name)),
+            };
+            let opts = node_options(args)?;
+            upgrade::run(opts, selection, kubernetes_dir, kubelet_dir, out)
         }
         UpgradeCommand::Diff {
             target,
@@ -250,5 +332,51 @@ pub fn run(
             };
             upgrade::plan::diff(&options, kubernetes_dir, kubelet_dir, out)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<UpgradeCommand, clap::Error> {
+        #[derive(Parser)]
+        struct Upgrade {
+            #[command(subcommand)]
+            command: UpgradeCommand,
+        }
+        Upgrade::try_parse_from([&["upgrade"], args].concat()).map(|u| u.command)
+    }
+
+    #[test]
+    fn one_phase_of_apply_takes_its_path_and_the_version() {
+        let Ok(UpgradeCommand::Apply(apply)) =
+            parse(&["apply", "phase", "addon/coredns", "v1.36.3", "--yes"])
+        else {
+            panic!("not parsed as apply");
+        };
+        let Some(ApplyPhase::Phase { name, args }) = apply.phase else {
+            panic!("no phase");
+        };
+        let selection = one_phase(&name);
+        assert_eq!(selection.phase.as_deref(), Some("addon"));
+        assert_eq!(selection.child.as_deref(), Some("coredns"));
+        assert_eq!(args.target.as_deref(), Some("v1.36.3"));
+        assert!(args.yes);
+        // `apply VERSION` without `phase` is the whole workflow.
+        let Ok(UpgradeCommand::Apply(whole)) = parse(&["apply", "v1.36.3"]) else {
+            panic!("not parsed as apply");
+        };
+        assert!(whole.phase.is_none());
+        assert_eq!(whole.args.target.as_deref(), Some("v1.36.3"));
+    }
+
+    #[test]
+    fn an_unknown_phase_is_refused_with_the_known_ones() {
+        let err = parse(&["node", "phase", "upload-config"]).err().unwrap();
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
+        assert!(err.to_string().contains("kubelet-config"), "{err}");
+        assert!(parse(&["node", "phase", "control-plane/etcd"]).is_ok());
     }
 }

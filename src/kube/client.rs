@@ -18,8 +18,8 @@ pub async fn local_client(kubeconfig: &Path, server: &str) -> Result<Client> {
 
 /// A client with `kubeconfig`'s credentials, on its own server unless `server` is given.
 pub async fn client(kubeconfig: &Path, server: Option<&str>) -> Result<Client> {
-    let kc = Kubeconfig::read_from(kubeconfig)
-        .with_context(|| format!("reading {}", kubeconfig.display()))?;
+    // kube's message names the file and its cause; its source chain would repeat the cause.
+    let kc = Kubeconfig::read_from(kubeconfig).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .with_context(|| format!("loading {}", kubeconfig.display()))?;

@@ -240,6 +240,65 @@ fn ask_for_etcd(s: &Scenario, tag: &str) {
     assert!(ok, "{text}");
 }
 
+/// What an operator does to change every kubelet: edit kube-system/kubelet-config. The upgrade
+/// must keep the edit and write it to this node's config.yaml, as kubeadm's kubelet-config phase does.
+fn ask_for_max_pods(s: &Scenario, max_pods: i64) {
+    let mut cm = kubectl_json(
+        &s.host,
+        &["get", "configmap", "-n", "kube-system", "kubelet-config"],
+    );
+    let mut kubelet: serde_yaml::Value =
+        serde_yaml::from_str(cm["data"]["kubelet"].as_str().unwrap()).unwrap();
+    kubelet["maxPods"] = max_pods.into();
+    cm["data"]["kubelet"] = serde_yaml::to_string(&kubelet).unwrap().into();
+    let file = s.host.log_dir.join("kubelet-config.json");
+    std::fs::write(&file, cm.to_string()).unwrap();
+    let (ok, text) = kubectl(s, &["replace", "-f", file.to_str().unwrap()]);
+    assert!(ok, "{text}");
+}
+
+fn assert_max_pods(s: &Scenario, max_pods: i64) {
+    let cm = kubectl_json(
+        &s.host,
+        &["get", "configmap", "-n", "kube-system", "kubelet-config"],
+    );
+    let stored: serde_yaml::Value =
+        serde_yaml::from_str(cm["data"]["kubelet"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        stored["maxPods"].as_i64(),
+        Some(max_pods),
+        "kubelet-config lost the edit"
+    );
+    let file = std::fs::read_to_string(Path::new(KUBELET_DIR).join("config.yaml")).unwrap();
+    let on_node: serde_yaml::Value = serde_yaml::from_str(&file).unwrap();
+    assert_eq!(
+        on_node["maxPods"].as_i64(),
+        Some(max_pods),
+        "the node's config.yaml was not rewritten from kubelet-config:\n{file}"
+    );
+}
+
+/// `imagePullPolicy: Never` and a patch release whose images this node lacks: refused in
+/// preflight, naming the image, with nothing changed.
+fn assert_missing_images_refused(s: &Scenario) {
+    let config = s.host.log_dir.join("upgrade-never.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: kubeadm.k8s.io/v1beta4\nkind: UpgradeConfiguration\napply:\n  imagePullPolicy: Never\n",
+    )
+    .unwrap();
+    let files = node_files();
+    let refused = apply("v1.36.2", &["--config", config.to_str().unwrap()], &[]);
+    assert!(
+        !refused.success
+            && refused.text().contains("kube-apiserver:v1.36.2")
+            && refused.text().contains("imagePullPolicy is Never"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(node_files(), files, "the refused upgrade changed the node");
+}
+
 /// Each component's image tag on this node, from its mirror pod.
 fn running_versions(s: &Scenario) -> BTreeMap<String, String> {
     running_versions_on(s, NODE)
@@ -390,7 +449,9 @@ fn upgrade_apply_moves_the_node_to_the_next_minor_and_a_rerun_changes_nothing() 
     write_marker(&s);
     let before_etcd = running_versions(&s)["etcd"].clone();
     ask_for_etcd(&s, &t.etcd_tag);
+    ask_for_max_pods(&s, 123);
     cordon(&s);
+    assert_missing_images_refused(&s);
 
     let plan = kubeforge(&["upgrade", "plan", IGNORE], &[]);
     println!("{}", plan.text());
@@ -471,6 +532,7 @@ fn upgrade_apply_moves_the_node_to_the_next_minor_and_a_rerun_changes_nothing() 
     assert_running(&s, &at_target(&t));
     let ready_after = after_apply.elapsed().as_secs_f64();
     assert_marker(&s);
+    assert_max_pods(&s, 123);
     assert_eq!(
         stored_config(&s)["kubernetesVersion"].as_str(),
         Some(t.version.as_str())
@@ -530,6 +592,15 @@ fn upgrade_apply_moves_the_node_to_the_next_minor_and_a_rerun_changes_nothing() 
         )["metadata"]["resourceVersion"],
         config_rv
     );
+    // One phase on its own, as an operator re-runs a step: the addons are already at the target.
+    let addons = kubeforge(
+        &[
+            "upgrade", "apply", "phase", "addon", &t.version, "--yes", IGNORE,
+        ],
+        &[],
+    );
+    assert!(addons.success, "{}", addons.text());
+    assert_eq!(node_files(), files, "the addon phase changed files");
     assert_eq!(backups().len(), backups().len().min(3));
     println!(
         "FIGURES: kubeforge upgrade apply {} → {}: wall {:.1} s, peak RSS {} KiB; /readyz down {:.1} s (longest gap {:.1} s), reads down {:.1} s (longest {:.1} s); pods Ready {:.1} s after it returned; {}; a re-run {:.1} s",

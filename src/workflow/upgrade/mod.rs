@@ -350,13 +350,14 @@ fn normalize(version: &str) -> String {
 /// where it stands.
 pub fn run(
     opts: UpgradeOptions,
+    selection: Selection,
     kubernetes_dir: &Path,
     kubelet_dir: &Path,
     out: Output,
 ) -> Result<()> {
     let selection = Selection {
         skip: opts.skip_phases.clone(),
-        ..Selection::default()
+        ..selection
     };
     let mode = opts.mode;
     let mut d = open(opts, kubernetes_dir, kubelet_dir, out)?;
