@@ -109,6 +109,19 @@ etcd:
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `init phase preflight` with `cfg`, the checks in `ignore` made warnings.
+    pub fn preflight(&self, cfg: &Path, ignore: &str) -> Output {
+        self.run(&[
+            "init",
+            "phase",
+            "preflight",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--ignore-preflight-errors",
+            ignore,
+        ])
+    }
+
     /// certs + kubeconfigs for `algorithm`.
     pub fn generate(&self, algorithm: &str) {
         let cfg = self.write_config(algorithm, "");
