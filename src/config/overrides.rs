@@ -105,7 +105,7 @@ const FLAGS: &[(Flag, &str, &str)] = &[
     ),
 ];
 
-/// kubeadm's ValidateMixedArguments: of the flags above, only this one may go with `--config`
+/// kubeadm's ValidateMixedArguments: of the flags above, only these may go with `--config`
 /// (the others it allows — dry-run, upload-certs, skip-phases, ignore-preflight-errors — set
 /// no field).
 const ALLOWED_WITH_CONFIG: &[Flag] = &[Flag::NodeName, Flag::CriSocket];
