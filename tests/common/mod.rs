@@ -2,6 +2,7 @@
 //! tests check our output with. A missing tool fails the test loudly; nothing is ever skipped.
 #![allow(dead_code)]
 
+pub mod lab;
 pub mod standin;
 
 use std::collections::BTreeMap;
