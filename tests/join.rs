@@ -355,7 +355,11 @@ fn a_control_plane_join_pulls_its_images_in_preflight() {
     images.iter().for_each(|i| lab.push(i));
     let cluster_node = Node::new();
     let joiner = Node::new();
-    let extra = format!("imageRepository: {}\n", lab.repo());
+    let extra = format!(
+        "imageRepository: {}\netcd:\n  local:\n    dataDir: {}\n",
+        lab.repo(),
+        joiner.root().join("var/lib/etcd").display()
+    );
     let (_standin, endpoint) = cluster_with(&cluster_node, &joiner.pki(), &extra);
     let (pin, ip, port) = (pin(&cluster_node), host_ip(), free_port().to_string());
     let socket = lab.socket();
