@@ -1,7 +1,7 @@
 //! The images a node runs, on the node before anything waits on them: kubeadm's `ImagePull`
 //! preflight check (`imagePullPolicy`, `imagePullSerial`) and `config images pull`, through the
 //! CRI on the kubelet's socket. Every pull has a deadline, so a registry that stalls is named
-//! with the image it was sending when time ran out instead of looking like a component that will
+//! with the image being pulled when time ran out instead of looking like a component that will
 //! not start.
 
 use std::cell::RefCell;
@@ -143,7 +143,7 @@ async fn pull_one(mut runtime: Runtime, board: &Board<'_>, i: usize, timeout: Du
     let from = registry(image);
     if let Some(stalled) = board.stalled(from) {
         let why = format!(
-            "did not pull image {image}: registry {from} stopped answering while sending {stalled}"
+            "did not pull image {image}: the pull of {stalled} from the same registry ran out of time"
         );
         return board.set(i, State::Failed(why));
     }
@@ -160,7 +160,7 @@ async fn pull_one(mut runtime: Runtime, board: &Board<'_>, i: usize, timeout: Du
                 .borrow_mut()
                 .push((from.to_string(), image.clone()));
             State::Failed(format!(
-                "failed to pull image {image}: registry {from} had not sent it after {} (the limit, {TIMEOUT_ENV}); the pull was stopped",
+                "failed to pull image {image}: the pull from registry {from} had not finished after {} (the limit, {TIMEOUT_ENV}); it was stopped",
                 seconds(timeout)
             ))
         }
@@ -172,7 +172,11 @@ async fn pull_one(mut runtime: Runtime, board: &Board<'_>, i: usize, timeout: Du
 fn timeout() -> Duration {
     std::env::var(TIMEOUT_ENV)
         .ok()
-        .and_then(|v| GoDuration::parse(&v).ok())
+        .and_then(|v| {
+            GoDuration::parse(&v)
+                .map_err(|e| tracing::warn!("{TIMEOUT_ENV}={v:?}: {e}; using 5m"))
+                .ok()
+        })
         .map_or(DEFAULT_TIMEOUT, |d| d.0)
 }
 
@@ -224,7 +228,7 @@ struct Board<'a> {
     phase: &'a str,
     images: &'a [String],
     states: RefCell<Vec<State>>,
-    /// (registry, the image it was sending) for each registry that ran out of time.
+    /// (registry, the image being pulled) for each registry whose pull ran out of time.
     stalls: RefCell<Vec<(String, String)>>,
     live: bool,
     drawn: std::cell::Cell<usize>,

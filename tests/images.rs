@@ -165,7 +165,7 @@ fn a_missing_tag_stops_init_before_anything_is_written() {
 /// KUBEFORGE_IMAGE_PULL_TIMEOUT, naming the image it was pulling; the other images of that
 /// registry are not tried one by one (serial), or all give up together (parallel).
 #[test]
-fn a_stalled_registry_is_named_with_the_image_it_was_sending() {
+fn a_stalled_registry_is_named_with_the_image_being_pulled() {
     let lab = Lab::start();
     let stall = TcpListener::bind("127.0.0.1:0").unwrap();
     let host = format!("127.0.0.1:{}", stall.local_addr().unwrap().port());
@@ -201,13 +201,13 @@ fn a_stalled_registry_is_named_with_the_image_it_was_sending() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&format!(
-            "failed to pull image {apiserver}: registry {host} had not sent it after 3.0s"
+            "failed to pull image {apiserver}: the pull from registry {host} had not finished after 3.0s"
         )),
         "{err}"
     );
     let scheduler = format!("{host}/kube-scheduler:{VERSION}");
     assert!(
-        err.contains(&format!("did not pull image {scheduler}: registry {host} stopped answering while sending {apiserver}")),
+        err.contains(&format!("did not pull image {scheduler}: the pull of {apiserver} from the same registry ran out of time")),
         "{err}"
     );
 
@@ -217,7 +217,7 @@ fn a_stalled_registry_is_named_with_the_image_it_was_sending() {
     for image in [&apiserver, &scheduler] {
         assert!(
             err.contains(&format!(
-                "failed to pull image {image}: registry {host} had not sent it after 3.0s"
+                "failed to pull image {image}: the pull from registry {host} had not finished after 3.0s"
             )),
             "{err}"
         );
