@@ -6,7 +6,7 @@
 #
 # Tools: openssl, Debian's etcd/etcdctl (etcd-server, etcd-client), protoc and its well-known
 # types (protobuf-compiler, libprotobuf-dev: the CRI API crate k8s-cri and etcd-client), ip (iproute2), curl, shellcheck (the vagrant/ lab), kubectl, kubernetes-validate and cryptography
-# (PyPI).
+# (PyPI); docker-registry, skopeo, containerd and runc (tests/images.rs, as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +36,12 @@ need protoc protobuf-compiler
 need ip iproute2
 need curl curl
 need shellcheck shellcheck
+# tests/images.rs: a registry, skopeo filling it, and a containerd of the test's own pulling from it
+need docker-registry docker-registry
+need skopeo skopeo
+need containerd containerd
+need runc runc
+need tar tar
 command -v python3 >/dev/null || apt_packages+=(python3)
 if ! python3 -m pip --version >/dev/null 2>&1; then
     apt_packages+=(python3-pip)
@@ -94,7 +100,7 @@ fi
 export KUBEFORGE_KUBECTL
 
 hash -r
-for tool in openssl etcd etcdctl protoc ip curl kubernetes-validate "$KUBEFORGE_KUBECTL"; do
+for tool in openssl etcd etcdctl protoc ip curl docker-registry skopeo containerd ctr kubernetes-validate "$KUBEFORGE_KUBECTL"; do
     command -v "$tool" >/dev/null || {
         echo "error: $tool is still missing after installation" >&2
         exit 1
@@ -110,6 +116,7 @@ echo "tools: openssl $(openssl version | cut -d' ' -f2)," \
     "kubectl $("$KUBEFORGE_KUBECTL" version --client | first_word_after 'Client Version:') ($KUBEFORGE_KUBECTL)," \
     "kubernetes-validate $(kubernetes-validate --version)," \
     "shellcheck $(shellcheck --version | first_word_after 'version:')," \
+    "containerd $(containerd --version | cut -d' ' -f3), skopeo $(skopeo --version | cut -d' ' -f3)," \
     "cryptography $(python3 -c 'import cryptography; print(cryptography.__version__)')"
 
 # --- Rust -----------------------------------------------------------------------------------

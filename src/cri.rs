@@ -63,6 +63,7 @@ pub struct Running {
     pub attempt: u32,
 }
 
+#[derive(Clone)]
 pub struct Runtime {
     containers: RuntimeServiceClient<Channel>,
     images: ImageServiceClient<Channel>,
@@ -299,7 +300,7 @@ impl Runtime {
         })
     }
 
-    /// Pulls `image` (the runtime's credentials and mirrors apply).
+    /// Pulls `image` (the runtime's credentials and mirrors apply); the error is the runtime's.
     pub async fn pull(&mut self, image: &str) -> Result<()> {
         self.images
             .pull_image(k8s_cri::v1::PullImageRequest {
@@ -310,7 +311,7 @@ impl Runtime {
                 ..Default::default()
             })
             .await
-            .map_err(|e| anyhow!("pulling {image}: {}", e.message()))?;
+            .map_err(|e| anyhow!("{}", e.message()))?;
         Ok(())
     }
 

@@ -14,6 +14,7 @@ pub mod config;
 pub mod cri;
 pub mod etcd;
 pub mod health;
+pub mod images;
 pub mod kube;
 pub mod kubeconfig;
 pub mod kubelet;

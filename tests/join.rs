@@ -22,6 +22,11 @@ fn b64(s: &str) -> String {
 /// A "cluster": its PKI on `cluster`, its API played by the stand-in; the worker's certificate
 /// dir is `worker_pki` (the ClusterConfiguration's certificatesDir, as uploaded).
 fn cluster(cluster: &Node, worker_pki: &Path) -> (StandIn, String) {
+    cluster_with(cluster, worker_pki, "")
+}
+
+/// `cluster`, with `extra` added to the ClusterConfiguration it uploaded.
+fn cluster_with(cluster: &Node, worker_pki: &Path, extra: &str) -> (StandIn, String) {
     let port = free_port();
     let ip = host_ip();
     let cfg = cluster.write_config("ECDSA-P256", "");
@@ -41,7 +46,7 @@ fn cluster(cluster: &Node, worker_pki: &Path) -> (StandIn, String) {
         b64(&ca)
     );
     let cluster_configuration = format!(
-        "apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nkubernetesVersion: v1.35.6\ncontrolPlaneEndpoint: {endpoint}\ncertificatesDir: {}\n",
+        "apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nkubernetesVersion: v1.35.6\ncontrolPlaneEndpoint: {endpoint}\ncertificatesDir: {}\n{extra}",
         worker_pki.display()
     );
     let kubelet = "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nmaxPods: 77\nclusterDNS:\n- 10.96.0.10\n";
@@ -338,4 +343,61 @@ fn a_control_plane_join_downloads_the_shared_keys_and_a_wrong_key_writes_nothing
         !dir.join("super-admin.conf").exists(),
         "super-admin.conf stays on the first node"
     );
+}
+
+/// A control-plane join pulls the images its node runs in preflight, from the cluster's
+/// imageRepository (a real registry) through the runtime named by `--cri-socket` (a real
+/// containerd): the stand-in plays only the discovery.
+#[test]
+fn a_control_plane_join_pulls_its_images_in_preflight() {
+    let lab = common::lab::Lab::start();
+    let images = lab.images();
+    images.iter().for_each(|i| lab.push(i));
+    let cluster_node = Node::new();
+    let joiner = Node::new();
+    let extra = format!(
+        "imageRepository: {}\netcd:\n  local:\n    dataDir: {}\n",
+        lab.repo(),
+        joiner.root().join("var/lib/etcd").display()
+    );
+    let (_standin, endpoint) = cluster_with(&cluster_node, &joiner.pki(), &extra);
+    let (pin, ip, port) = (pin(&cluster_node), host_ip(), free_port().to_string());
+    let socket = lab.socket();
+    let ignore = format!("{},Port-{port}", common::lab::OTHER_CHECKS);
+    let out = joiner.run(&[
+        "join",
+        "phase",
+        "preflight",
+        &endpoint,
+        "--token",
+        TOKEN,
+        "--discovery-token-ca-cert-hash",
+        &pin,
+        "--control-plane",
+        "--apiserver-advertise-address",
+        &ip,
+        "--apiserver-bind-port",
+        &port,
+        "--node-name",
+        "cp2",
+        "--cri-socket",
+        &socket,
+        "--ignore-preflight-errors",
+        &ignore,
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("[preflight] Pulling images required"),
+        "{text}"
+    );
+    let node_images: Vec<String> = images
+        .into_iter()
+        .filter(|i| !i.contains("/coredns:"))
+        .collect();
+    assert_eq!(lab.missing(&node_images), Vec::<String>::new(), "{text}");
 }

@@ -5,14 +5,20 @@ mod common;
 use common::*;
 use std::net::TcpListener;
 
-/// A config whose API server port is held by this test (returned, to keep it held).
+/// A config whose API server port is held by this test (returned, to keep it held), and whose
+/// container runtime is a socket nobody serves (no image is pulled from this machine's).
 fn config_with_busy_apiserver_port(node: &Node) -> (TcpListener, u16, std::path::PathBuf) {
     let held = TcpListener::bind("0.0.0.0:0").unwrap();
     let port = held.local_addr().unwrap().port();
     let cfg = node.write_config("ECDSA-P256", "");
+    let socket = node.root().join("no-runtime.sock");
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
-        .replace("bindPort: 6443", &format!("bindPort: {port}"));
+        .replace("bindPort: 6443", &format!("bindPort: {port}"))
+        .replace(
+            "  name: cp1\n",
+            &format!("  name: cp1\n  criSocket: unix://{}\n", socket.display()),
+        );
     std::fs::write(&cfg, text).unwrap();
     (held, port, cfg)
 }
@@ -36,21 +42,22 @@ fn a_busy_port_stops_init_before_anything_is_written() {
     );
 
     // Ignored by name (case-insensitive) or with `all`, an error becomes a warning.
-    let out = node.run(&[
-        "init",
-        "phase",
-        "preflight",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--ignore-preflight-errors",
-        "all",
-    ]);
+    let out = node.preflight(&cfg, "all");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("[WARNING Port-{port}]")));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("[WARNING Port-{port}]")),
+        "{stdout}"
+    );
+    // No runtime to pull through: kubeadm's ImagePull check, ignored like the others.
+    assert!(
+        stdout.contains("[WARNING ImagePull]: connecting to the container runtime"),
+        "{stdout}"
+    );
 
     // Once kubeforge's own apiserver manifest is on the node, the port is the apiserver's.
     node.run_ok(&[

@@ -137,6 +137,14 @@ fn config_command(global: &Global, command: ConfigCommand, out: Output) -> Resul
                 images.iter().for_each(|i| println!("{i}"));
             }
         }
+        ConfigCommand::Images(ImagesCommand::Pull { flags }) => {
+            let cfg = config::load(
+                flags.config.as_deref(),
+                &flags.overrides(),
+                &global.kubernetes_dir,
+            )?;
+            crate::images::pull_command(&cfg, &out)?;
+        }
     }
     Ok(())
 }

@@ -250,10 +250,7 @@ impl InitFlags {
             (Flag::Patches, &self.patches),
         ];
         Overrides {
-            set: given
-                .into_iter()
-                .filter_map(|(flag, value)| value.clone().map(|v| (flag, v)))
-                .collect(),
+            set: given_flags(&given),
             upload_certs: self.upload_certs,
             skip_phases: self.skip_phases.clone(),
             ignore_preflight_errors: self.ignore_preflight_errors.clone(),
@@ -379,6 +376,51 @@ pub enum ImagesCommand {
         #[command(flatten)]
         flags: Box<InitFlags>,
     },
+    /// Pull the images through the container runtime (imagePullSerial: false pulls them all at once).
+    Pull {
+        #[command(flatten)]
+        flags: ImagesPullFlags,
+    },
+}
+
+/// The field-setting flags that were given, with their values.
+fn given_flags(flags: &[(Flag, &Option<String>)]) -> Vec<(Flag, String)> {
+    flags
+        .iter()
+        .filter_map(|(flag, value)| value.as_ref().map(|v| (*flag, v.clone())))
+        .collect()
+}
+
+/// kubeadm config images pull's flags.
+#[derive(Debug, Args)]
+pub struct ImagesPullFlags {
+    /// Path to a kubeadm configuration file (v1beta4 or v1beta3).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The Kubernetes version whose images to pull.
+    #[arg(long, value_name = "VERSION")]
+    pub kubernetes_version: Option<String>,
+    /// The container registry to pull control-plane images from.
+    #[arg(long, value_name = "REPO")]
+    pub image_repository: Option<String>,
+    /// The container runtime's CRI socket (default: the configuration's criSocket).
+    #[arg(long, value_name = "SOCKET")]
+    pub cri_socket: Option<String>,
+}
+
+impl ImagesPullFlags {
+    /// The flags as the config loader takes them.
+    pub fn overrides(&self) -> Overrides {
+        let given = [
+            (Flag::KubernetesVersion, &self.kubernetes_version),
+            (Flag::ImageRepository, &self.image_repository),
+            (Flag::CriSocket, &self.cri_socket),
+        ];
+        Overrides {
+            set: given_flags(&given),
+            ..Overrides::default()
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

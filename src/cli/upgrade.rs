@@ -223,6 +223,7 @@ fn apply_options(args: ApplyArgs) -> Result<UpgradeOptions> {
             args.changes.skip_phases
         },
         image_pull_policy: a.image_pull_policy.clone(),
+        image_pull_serial: a.image_pull_serial,
         timeouts: f.timeouts.clone(),
     })
 }
@@ -256,6 +257,7 @@ fn node_options(args: NodeArgs) -> Result<UpgradeOptions> {
             args.changes.skip_phases
         },
         image_pull_policy: n.image_pull_policy.clone(),
+        image_pull_serial: n.image_pull_serial,
         timeouts: f.timeouts.clone(),
     })
 }

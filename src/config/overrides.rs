@@ -23,6 +23,7 @@ pub enum Flag {
     Token,
     TokenTtl,
     Patches,
+    CriSocket,
 }
 
 /// (flag, kubeadm's name, the field it sets), in kubeadm's order.
@@ -97,12 +98,17 @@ const FLAGS: &[(Flag, &str, &str)] = &[
         "patches",
         "InitConfiguration.patches.directory",
     ),
+    (
+        Flag::CriSocket,
+        "cri-socket",
+        "InitConfiguration.nodeRegistration.criSocket",
+    ),
 ];
 
-/// kubeadm's ValidateMixedArguments: of the flags above, only this one may go with `--config`
+/// kubeadm's ValidateMixedArguments: of the flags above, only these may go with `--config`
 /// (the others it allows — dry-run, upload-certs, skip-phases, ignore-preflight-errors — set
 /// no field).
-const ALLOWED_WITH_CONFIG: &[Flag] = &[Flag::NodeName];
+const ALLOWED_WITH_CONFIG: &[Flag] = &[Flag::NodeName, Flag::CriSocket];
 
 impl Flag {
     fn row(self) -> &'static (Flag, &'static str, &'static str) {
@@ -146,6 +152,7 @@ impl Flag {
             Flag::Token => token(init).token = v,
             Flag::TokenTtl => token(init).ttl = Some(GoDuration::parse(&v)?),
             Flag::Patches => init.patches = Some(Patches { directory: v }),
+            Flag::CriSocket => init.node_registration.cri_socket = v,
         }
         Ok(())
     }

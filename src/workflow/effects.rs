@@ -16,11 +16,15 @@ use crate::cluster::certs_secret::Upload;
 use crate::cluster::{control_plane, objects, tokens};
 use crate::config::{BootstrapToken, Token};
 use crate::kube::apply::{self, Applied, Object};
+use crate::preflight::Finding;
 
 /// The effects of a run on the cluster and on the node's services.
 pub trait Effects {
     /// Whether pre-flight errors stop the run (and root is required); a dry-run only warns.
     fn enforce_preflight(&self) -> bool;
+    /// Brings `images` onto the node through the CRI, as nodeRegistration's imagePullPolicy and
+    /// imagePullSerial say; kubeadm's `ImagePull` findings. A dry-run says what it would pull.
+    fn pull_images(&self, env: &Env, phase: &str, images: &[String]) -> Vec<Finding>;
     /// Applies `objects` server-side, all at once, and reports how many changed.
     fn apply(&self, env: &mut Env, phase: &str, objects: Vec<Object>) -> Result<()>;
     /// Uploads the encrypted certificates and the token Secret that owns them.
@@ -102,6 +106,18 @@ fn report(env: &Env, phase: &str, objects: &[Object], results: &[Applied], start
 impl Effects for Live {
     fn enforce_preflight(&self) -> bool {
         true
+    }
+
+    fn pull_images(&self, env: &Env, phase: &str, images: &[String]) -> Vec<Finding> {
+        for line in [
+            "Pulling images required for setting up a Kubernetes cluster",
+            "This might take a minute or two, depending on the speed of your internet connection",
+            "You can also perform this action beforehand using 'kubeforge config images pull'",
+        ] {
+            env.out.step(phase, line, json!({}));
+        }
+        let pull = crate::images::Pull::for_node(&env.cfg, &env.out, phase);
+        crate::images::findings(pull.run(images))
     }
 
     fn apply(&self, env: &mut Env, phase: &str, objects: Vec<Object>) -> Result<()> {
@@ -230,6 +246,18 @@ fn redacted(object: &Object) -> Value {
 impl Effects for DryRun {
     fn enforce_preflight(&self) -> bool {
         false
+    }
+
+    fn pull_images(&self, env: &Env, phase: &str, images: &[String]) -> Vec<Finding> {
+        env.out.step(
+            phase,
+            &format!(
+                "Would pull the required images (like 'kubeforge config images pull'): {}",
+                images.join(", ")
+            ),
+            json!({ "dryRun": true, "images": images }),
+        );
+        Vec::new()
     }
 
     fn apply(&self, env: &mut Env, phase: &str, objects: Vec<Object>) -> Result<()> {

@@ -156,7 +156,18 @@ fn write_certificate(d: &mut InitData, step: &Step) -> Result<()> {
 fn preflight(d: &mut InitData, _: &Step) -> Result<()> {
     let env = &d.env;
     let enforce = env.effects().enforce_preflight();
-    crate::preflight::run(&env.cfg, &env.layout, &env.out, true, enforce)
+    crate::preflight::run(&env.cfg, &env.layout, &env.out, true, enforce)?;
+    pull_images(env)
+}
+
+/// kubeadm's second preflight step on a control-plane node: the images it runs, pulled before
+/// anything is written (kubeadm's `ImagePull` check).
+pub(super) fn pull_images(env: &Env) -> Result<()> {
+    let images = crate::images::for_node(&env.cfg);
+    let findings = env.effects().pull_images(env, "preflight", &images);
+    let ignore = &env.cfg.init.node_registration.ignore_preflight_errors;
+    let enforce = env.effects().enforce_preflight();
+    crate::preflight::report(&env.out, "preflight", findings, ignore, enforce)
 }
 
 /// The PKI directory, and every certificate the `certs` children will write checked first.

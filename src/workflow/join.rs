@@ -73,7 +73,11 @@ pub fn phases() -> Vec<Phase<JoinData>> {
 fn preflight(d: &mut JoinData, _: &Step) -> Result<()> {
     let env = &d.env;
     let enforce = env.effects().enforce_preflight();
-    crate::preflight::run(&env.cfg, &env.layout, &env.out, control_plane(d), enforce)
+    crate::preflight::run(&env.cfg, &env.layout, &env.out, control_plane(d), enforce)?;
+    if control_plane(d) {
+        init::pull_images(env)?;
+    }
+    Ok(())
 }
 
 fn download_certs(d: &mut JoinData, _: &Step) -> Result<()> {

@@ -2,6 +2,7 @@
 //! tests check our output with. A missing tool fails the test loudly; nothing is ever skipped.
 #![allow(dead_code)]
 
+pub mod lab;
 pub mod standin;
 
 use std::collections::BTreeMap;
@@ -107,6 +108,19 @@ etcd:
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `init phase preflight` with `cfg`, the checks in `ignore` made warnings.
+    pub fn preflight(&self, cfg: &Path, ignore: &str) -> Output {
+        self.run(&[
+            "init",
+            "phase",
+            "preflight",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--ignore-preflight-errors",
+            ignore,
+        ])
     }
 
     /// certs + kubeconfigs for `algorithm`.

@@ -59,6 +59,7 @@ pub struct UpgradeOptions {
     pub ignore_preflight_errors: Vec<String>,
     pub skip_phases: Vec<String>,
     pub image_pull_policy: String,
+    pub image_pull_serial: bool,
     pub timeouts: Timeouts,
 }
 
@@ -318,6 +319,7 @@ fn open(
     let mut new = upgrade::node_config(&stored, &node, &target, patches, &opts.timeouts, &probe)?;
     new.init.dry_run = opts.dry_run;
     new.init.node_registration.image_pull_policy = opts.image_pull_policy.clone();
+    new.init.node_registration.image_pull_serial = Some(opts.image_pull_serial);
     let env = Env::open(new, kubernetes_dir, kubelet_dir, None, out)?;
     Ok(UpgradeData {
         env,

@@ -43,7 +43,7 @@ pub fn run(d: &mut UpgradeData, _: &Step) -> Result<()> {
         control_plane_nodes_ready(d, &mut findings)?;
         manifests_in_place(d, &mut findings);
         etcd_ready(d, &mut findings)?;
-        images(d, &mut findings)?;
+        images(d, &mut findings);
         hand_edits(d)?;
     }
     crate::preflight::report(
@@ -169,53 +169,16 @@ fn etcd_ready(d: &UpgradeData, findings: &mut Vec<Finding>) -> Result<()> {
     Ok(())
 }
 
-/// The images this node's static pods will run (and kube-proxy's): present, or pulled now when
-/// the pull policy allows; kubeadm's `ImagePull` check.
-fn images(d: &UpgradeData, findings: &mut Vec<Finding>) -> Result<()> {
-    if d.dry_run() {
-        return Ok(());
-    }
+/// The images this node runs at the target version (etcd's only when this run upgrades it): on
+/// the node, or pulled now as the pull policy allows; kubeadm's `ImagePull` check.
+fn images(d: &UpgradeData, findings: &mut Vec<Finding>) {
     let cfg = &d.env.cfg;
-    let mut wanted: Vec<String> = manifests::images(cfg)
-        .into_iter()
-        .filter(|i| !i.contains("/coredns") && !i.contains("/pause:"))
-        .collect();
+    let mut wanted = crate::images::for_node(cfg);
     if cfg.cluster.is_external_etcd() || !d.opts.etcd_upgrade {
         wanted.retain(|i| !i.contains("/etcd:"));
     }
-    let policy = d.opts.image_pull_policy.as_str();
-    let socket = cfg.init.node_registration.cri_socket.clone();
-    let start = std::time::Instant::now();
-    let problems = crate::block_on(async {
-        let mut runtime = crate::cri::Runtime::connect(&socket).await?;
-        let mut problems = Vec::new();
-        for image in &wanted {
-            let present = runtime.has_image(image).await?;
-            let pull = policy == "Always" || (!present && policy != "Never");
-            if !present && policy == "Never" {
-                problems.push(format!(
-                    "image {image} is not on the node and imagePullPolicy is Never"
-                ));
-            } else if pull {
-                if let Err(e) = runtime.pull(image).await {
-                    problems.push(format!("failed to pull image {image}: {e:#}"));
-                }
-            }
-        }
-        Ok::<_, anyhow::Error>(problems)
-    })?;
-    d.say(
-        "upgrade/preflight",
-        &format!(
-            "{} images for {} on the node ({:.1} s)",
-            wanted.len(),
-            d.target,
-            start.elapsed().as_secs_f64()
-        ),
-        json!({ "images": wanted, "missing": problems }),
-    );
-    findings.extend(problems.into_iter().map(|p| error("ImagePull", p)));
-    Ok(())
+    let effects = d.env.effects();
+    findings.extend(effects.pull_images(&d.env, "upgrade/preflight", &wanted));
 }
 
 /// Every manifest must be what the cluster's configuration renders (at the current or the target
