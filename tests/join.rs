@@ -5,69 +5,12 @@
 //! bad input refused before anything is written. The real kubelet's part is the lab's.
 
 mod common;
-use common::standin::{host_ip, StandIn};
+use common::standin::{control_plane_prepare, join_cluster as cluster};
 use common::*;
 
-use serde_json::json;
-use std::path::Path;
 use std::time::Duration;
 
 const TOKEN: &str = "abcdef.0123456789abcdef";
-
-fn b64(s: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-/// A "cluster": its PKI on `cluster`, its API played by the stand-in; the worker's certificate
-/// dir is `worker_pki` (the ClusterConfiguration's certificatesDir, as uploaded).
-fn cluster(cluster: &Node, worker_pki: &Path) -> (StandIn, String) {
-    let port = free_port();
-    let ip = host_ip();
-    let cfg = cluster.write_config("ECDSA-P256", "");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("192.0.2.2", &ip)
-        .replace("bindPort: 6443", &format!("bindPort: {port}"));
-    std::fs::write(&cfg, text).unwrap();
-    for phase in ["certs", "kubeconfig"] {
-        cluster.run_ok(&["init", "phase", phase, "--config", cfg.to_str().unwrap()]);
-    }
-    let pki = cluster.pki();
-    let ca = std::fs::read_to_string(pki.join("ca.crt")).unwrap();
-    let endpoint = format!("{ip}:{port}");
-    let info = format!(
-        "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: https://{endpoint}\n  name: \"\"\ncontexts: null\ncurrent-context: \"\"\nkind: Config\nusers: null\n",
-        b64(&ca)
-    );
-    let cluster_configuration = format!(
-        "apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nkubernetesVersion: v1.35.6\ncontrolPlaneEndpoint: {endpoint}\ncertificatesDir: {}\n",
-        worker_pki.display()
-    );
-    let kubelet = "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nmaxPods: 77\nclusterDNS:\n- 10.96.0.10\n";
-    let file = |n: &str| pki.join(n).display().to_string();
-    let standin = StandIn::start(
-        cluster.root(),
-        json!({
-            "api": {"host": ip, "port": port, "cert": file("apiserver.crt"), "key": file("apiserver.key"), "ca": file("ca.crt")},
-            "nodes": ["w1"],
-            "sign": true,
-            "objects": [
-                {"apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
-                 "metadata": {"name": "bootstrap-token-abcdef", "namespace": "kube-system"},
-                 "data": {"token-id": b64("abcdef"), "token-secret": b64("0123456789abcdef"),
-                          "usage-bootstrap-signing": b64("true"), "usage-bootstrap-authentication": b64("true")}},
-                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cluster-info", "namespace": "kube-public"},
-                 "data": {"kubeconfig": info}},
-                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kubeadm-config", "namespace": "kube-system"},
-                 "data": {"ClusterConfiguration": cluster_configuration}},
-                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kubelet-config", "namespace": "kube-system"},
-                 "data": {"kubelet": kubelet}},
-            ],
-        }),
-    );
-    (standin, endpoint)
-}
 
 fn pin(cluster: &Node) -> String {
     openssl_ca_pin(&cluster.pki().join("ca.crt"))
@@ -252,37 +195,9 @@ fn a_control_plane_join_downloads_the_shared_keys_and_a_wrong_key_writes_nothing
     let cluster_node = Node::new();
     let joiner = Node::new();
     let (_standin, endpoint) = cluster(&cluster_node, &joiner.pki());
-    let cfg = cluster_node.config_path();
-    let out = cluster_node.run_ok(&[
-        "init",
-        "phase",
-        "upload-certs",
-        "--upload-certs",
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
-    let key = printed_certificate_key(&out);
+    let key = upload_certs(&cluster_node);
     let pin = pin(&cluster_node);
-    let ip = host_ip();
-    let join = |key: &str| {
-        vec![
-            "join".to_string(),
-            "phase".into(),
-            "control-plane-prepare".into(),
-            endpoint.clone(),
-            "--token".into(),
-            TOKEN.into(),
-            "--discovery-token-ca-cert-hash".into(),
-            pin.clone(),
-            "--control-plane".into(),
-            "--certificate-key".into(),
-            key.into(),
-            "--apiserver-advertise-address".into(),
-            ip.clone(),
-            "--node-name".into(),
-            "cp2".into(),
-        ]
-    };
+    let join = |key: &str| control_plane_prepare(&endpoint, &pin, key);
 
     let before = joiner.snapshot();
     let wrong = join(&"00".repeat(32));
