@@ -51,6 +51,7 @@ impl Env {
             Path::new(&etcd_data_dir),
         );
         check_patches(&cfg, &layout, templates.as_deref())?;
+        crate::kube::set_call_timeout(cfg.init.timeouts.kubernetes_api_call.0);
         let dry_run = cfg.init.dry_run;
         let writer = HostWriter::open(&layout, dry_run).context("preparing the node")?;
         let effects: Rc<dyn Effects> = match writer.dry_run_dir() {

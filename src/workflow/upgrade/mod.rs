@@ -270,6 +270,7 @@ fn open(
     let probe = Layout::new(kubernetes_dir, kubelet_dir, Path::new(""), Path::new(""));
     let kubeconfig = kubeconfig(&opts, &probe);
     let limit = opts.timeouts.kubernetes_api_call.0;
+    crate::kube::set_call_timeout(limit);
     let (client, stored, cluster_version) = crate::block_on(async {
         let client = crate::kube::client(&kubeconfig, None).await?;
         let read = read_cluster(&client, &out, &kubeconfig);
