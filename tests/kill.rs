@@ -81,20 +81,6 @@ fn state(node: &Node) -> (Files, BTreeSet<PathBuf>) {
     (files, journal)
 }
 
-/// Every certificate under the node's pki with a key beside it belongs to that key.
-fn mismatched_pairs(node: &Node) -> Vec<PathBuf> {
-    let pubkey = |args: &[&str]| tool_ok("openssl", args);
-    tree::files(&[node.pki()])
-        .into_keys()
-        .filter(|p| p.extension().is_some_and(|e| e == "crt") && p.with_extension("key").exists())
-        .filter(|crt| {
-            let key = crt.with_extension("key");
-            pubkey(&["x509", "-noout", "-pubkey", "-in", crt.to_str().unwrap()])
-                != pubkey(&["pkey", "-pubout", "-in", key.to_str().unwrap()])
-        })
-        .collect()
-}
-
 /// One command killed at random instants and re-run, `kills` times; `prepare` readies the
 /// wiped node before each run.
 fn kill_and_rerun(name: &str, node: &Node, args: &[&str], prepare: &dyn Fn(), kills: usize) {
@@ -158,7 +144,7 @@ fn check_converged(node: &Node, reference: &Reference, modes: &BTreeMap<PathBuf,
         "{at}: temp files left"
     );
     assert_eq!(
-        mismatched_pairs(node),
+        tree::mismatched_pairs(&node.pki()),
         Vec::<PathBuf>::new(),
         "{at}: a certificate without its key"
     );

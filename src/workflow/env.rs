@@ -108,9 +108,15 @@ impl Env {
                 ),
                 json!({ "path": path, "mode": format!("{mode:04o}"), "origin": phase }),
             ),
-            Outcome::Replaced { backup } => {
-                tracing::info!(path = %path.display(), backup = %backup.display(), "replaced; old content backed up");
-            }
+            Outcome::Replaced { backup } => self.out.step(
+                phase,
+                &format!(
+                    "Replaced {:?}; its previous content is kept in {:?}",
+                    path.display().to_string(),
+                    backup.display().to_string()
+                ),
+                json!({ "path": path, "replaced": true, "backup": backup }),
+            ),
             _ => {}
         }
         Ok(outcome)

@@ -133,3 +133,17 @@ pub fn backup_dir(path: &Path) -> bool {
     path.file_name()
         .is_some_and(|n| n.to_string_lossy().starts_with("kubeforge-backup-"))
 }
+
+/// The certificates under `pki` that have a key beside them which is not theirs.
+pub fn mismatched_pairs(pki: &Path) -> Vec<PathBuf> {
+    let pubkey = |args: &[&str]| super::tool_ok("openssl", args);
+    files(&[pki.to_path_buf()])
+        .into_keys()
+        .filter(|p| p.extension().is_some_and(|e| e == "crt") && p.with_extension("key").exists())
+        .filter(|crt| {
+            let key = crt.with_extension("key");
+            pubkey(&["x509", "-noout", "-pubkey", "-in", crt.to_str().unwrap()])
+                != pubkey(&["pkey", "-pubout", "-in", key.to_str().unwrap()])
+        })
+        .collect()
+}
