@@ -254,3 +254,40 @@ fn a_control_plane_join_downloads_the_shared_keys_and_a_wrong_key_writes_nothing
         "super-admin.conf stays on the first node"
     );
 }
+
+#[test]
+fn a_join_rides_out_dropped_connections_429_and_500() {
+    let cluster_node = Node::new();
+    let worker = Node::new();
+    let fault = |method: &str, path: &str, play: &str, times: i32| serde_json::json!({"method": method, "path": path, "play": play, "times": times});
+    let faults = serde_json::json!([
+        // Discovery's anonymous fetch, then the calls with the token.
+        fault("GET", "/configmaps/cluster-info", "drop", 2),
+        fault("GET", "/configmaps/kubeadm-config", "500", 2),
+        fault("GET", "/configmaps/kubelet-config", "429", 1),
+    ]);
+    let (standin, endpoint) =
+        common::standin::join_cluster_with(&cluster_node, &worker.pki(), faults);
+    let pin = pin(&cluster_node);
+    let kubelet = kubelet_bootstraps(&worker, &cluster_node);
+    let out = worker.run_ok(&[
+        "join",
+        &endpoint,
+        "--token",
+        TOKEN,
+        "--discovery-token-ca-cert-hash",
+        &pin,
+        "--node-name",
+        "w1",
+        "--skip-phases",
+        "preflight",
+    ]);
+    kubelet.join().unwrap();
+    assert!(out.contains("This node has joined the cluster"), "{out}");
+    let played = standin
+        .requests()
+        .iter()
+        .filter(|r| r["method"] == "FAULT")
+        .count();
+    assert_eq!(played, 5, "{:#?}", standin.requests());
+}

@@ -98,6 +98,7 @@ fn kill_and_rerun(name: &str, node: &Node, args: &[&str], prepare: &dyn Fn(), ki
     let modes: BTreeMap<PathBuf, u32> = modes_of(&reference.files);
     let writes = 2 * reference.files.len() as u32;
     let (mut killed, mut attempts) = (0, 0);
+    let mut kinds = BTreeMap::new();
     while killed < kills && attempts < 3 * kills {
         attempts += 1;
         let kill = killer.instant(reference.took, writes);
@@ -108,6 +109,9 @@ fn kill_and_rerun(name: &str, node: &Node, args: &[&str], prepare: &dyn Fn(), ki
             continue;
         }
         killed += 1;
+        *kinds
+            .entry(format!("{kill:?}").split('(').next().unwrap().to_string())
+            .or_insert(0) += 1;
         let problems = tree::problems(node.root(), &dirs(node), Some(&modes));
         assert!(problems.is_empty(), "{at}: killed, {problems:#?}");
         let out = node.run(args);
@@ -119,7 +123,7 @@ fn kill_and_rerun(name: &str, node: &Node, args: &[&str], prepare: &dyn Fn(), ki
         );
         check_converged(node, &reference, &modes, &at);
     }
-    println!("{name}: {killed} kills (of {attempts} tries; the others finished first), every re-run converged");
+    println!("{name}: {killed} kills {kinds:?} (of {attempts} tries; the others finished first), every re-run converged");
     assert_eq!(killed, kills, "{name}: too few kill points hit the run");
 }
 

@@ -46,8 +46,11 @@ pub struct HostWriter {
 struct Journal {
     path: PathBuf,
     entries: std::collections::BTreeSet<PathBuf>,
-    /// Directories created for the lock, not journaled until something is written.
-    pending: Vec<PathBuf>,
+    /// Directories created for the lock: journaled at once (a run killed next leaves them
+    /// listed), removed again with the journal when the run writes nothing else.
+    provisional: Vec<PathBuf>,
+    /// Whether this run journaled anything beyond `provisional`.
+    wrote: bool,
 }
 
 impl Journal {
@@ -63,14 +66,13 @@ impl Journal {
         Ok(Journal {
             path,
             entries,
-            pending: Vec::new(),
+            provisional: Vec::new(),
+            wrote: false,
         })
     }
 
     fn note(&mut self, path: &Path) -> Result<()> {
-        for dir in std::mem::take(&mut self.pending) {
-            self.note(&dir)?;
-        }
+        self.wrote = true;
         if self.entries.contains(path) {
             return Ok(());
         }
@@ -95,9 +97,15 @@ fn append_line(journal: &Path, entry: &Path) -> Result<()> {
         .mode(0o600)
         .open(journal)
         .with_context(|| format!("opening the journal {}", journal.display()))?;
-    writeln!(f, "{}", entry.display())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing the journal {}", journal.display()))
+    let before = f.metadata()?.len();
+    let written = f
+        .write_all(format!("{}\n", entry.display()).as_bytes())
+        .and_then(|()| f.sync_all());
+    if written.is_err() {
+        // A full disk can take half a line: cut it off again, so the next entry starts a line.
+        let _ = f.set_len(before);
+    }
+    written.with_context(|| format!("writing the journal {}", journal.display()))
 }
 
 /// The journal of a node: every path kubeforge created there, in creation order's set.
@@ -153,9 +161,12 @@ impl HostWriter {
                 )
             })?;
         let mut journal = Journal::load(layout.journal())?;
-        // Journaled with the first file: a run that writes nothing (a failed preflight) leaves
-        // no trace, and Drop removes these again.
-        journal.pending = new_dirs;
+        for dir in &new_dirs {
+            journal.note(dir)?;
+        }
+        // A run that writes nothing (a failed preflight) leaves no trace: Drop removes these.
+        journal.provisional = new_dirs;
+        journal.wrote = false;
         Ok(HostWriter {
             dry_run_root: None,
             preview: false,
@@ -426,8 +437,14 @@ impl HostWriter {
 impl Drop for HostWriter {
     fn drop(&mut self) {
         if let Some(journal) = &self.journal {
-            for dir in journal.pending.iter().rev() {
-                let _ = fs::remove_dir(dir);
+            if !journal.wrote && !journal.provisional.is_empty() {
+                let _ = fs::remove_file(&journal.path);
+                if let Some(dir) = journal.path.parent() {
+                    let _ = fs::remove_dir(dir);
+                }
+                for dir in journal.provisional.iter().rev() {
+                    let _ = fs::remove_dir(dir);
+                }
             }
         }
     }
@@ -674,6 +691,22 @@ mod tests {
         assert!(err.to_string().contains("holds the lock"), "{err}");
         drop(first);
         HostWriter::open(&l, false).unwrap();
+    }
+
+    #[test]
+    fn the_directories_made_for_the_lock_are_journaled_at_once_and_gone_if_nothing_is_written() {
+        let root = tempfile::tempdir().unwrap();
+        let l = layout(root.path());
+        drop(HostWriter::open(&l, false).unwrap());
+        assert!(
+            !root.path().join("etc").exists(),
+            "a run that wrote nothing left a trace"
+        );
+        // Killed before its first write (no Drop): what it made is in the journal.
+        std::mem::forget(HostWriter::open(&l, false).unwrap());
+        let journal = journal_entries(&l).unwrap();
+        assert!(journal.contains(&root.path().join("etc")), "{journal:?}");
+        assert!(journal.contains(&l.kubernetes_dir), "{journal:?}");
     }
 
     #[test]

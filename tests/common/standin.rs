@@ -92,6 +92,11 @@ fn b64(s: &str) -> String {
 /// A "cluster" for joins: its PKI on `cluster`, its API played by the stand-in; the worker's certificate
 /// dir is `worker_pki` (the ClusterConfiguration's certificatesDir, as uploaded).
 pub fn join_cluster(cluster: &Node, worker_pki: &Path) -> (StandIn, String) {
+    join_cluster_with(cluster, worker_pki, json!([]))
+}
+
+/// The same, the stand-in playing `faults` (see its docstring).
+pub fn join_cluster_with(cluster: &Node, worker_pki: &Path, faults: Value) -> (StandIn, String) {
     let port = free_port();
     let ip = host_ip();
     let cfg = cluster.write_config("ECDSA-P256", "");
@@ -122,6 +127,7 @@ pub fn join_cluster(cluster: &Node, worker_pki: &Path) -> (StandIn, String) {
             "api": {"host": ip, "port": port, "cert": file("apiserver.crt"), "key": file("apiserver.key"), "ca": file("ca.crt")},
             "nodes": ["w1"],
             "sign": true,
+            "faults": faults,
             "objects": [
                 {"apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
                  "metadata": {"name": "bootstrap-token-abcdef", "namespace": "kube-system"},
