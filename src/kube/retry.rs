@@ -68,7 +68,7 @@ where
     }
 }
 
-/// Why an attempt is worth repeating: None when its answer is the caller's.
+/// How an attempt failed in a way worth repeating.
 enum Failed<B> {
     Answered(Response<B>),
     Error(BoxError),
@@ -162,4 +162,30 @@ fn copy(request: &Request<Body>) -> Option<Request<Body>> {
     *copy.headers_mut() = request.headers().clone();
     *copy.extensions_mut() = request.extensions().clone();
     Some(copy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_after_is_honoured_up_to_the_longest_pause_and_only_overload_is_retried() {
+        let answer = |after: &str| {
+            Response::builder()
+                .status(429)
+                .header("Retry-After", after)
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(retry_after(&answer("2")), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after(&answer("120")), Some(LONGEST_PAUSE));
+        assert_eq!(retry_after(&answer("Wed, 21 Oct 2015 07:28:00 GMT")), None);
+        assert!(retryable(StatusCode::TOO_MANY_REQUESTS) && retryable(StatusCode::BAD_GATEWAY));
+        for status in [400, 401, 403, 404, 409, 422] {
+            assert!(
+                !retryable(StatusCode::from_u16(status).unwrap()),
+                "{status}"
+            );
+        }
+    }
 }
