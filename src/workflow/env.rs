@@ -25,6 +25,9 @@ pub struct Env {
     pub now: OffsetDateTime,
     /// `--templates DIR`: manifest templates that replace the built-in ones.
     pub templates: Option<PathBuf>,
+    /// Whether `write` names a file it replaced (init and join: the node held something else;
+    /// an upgrade replaces files by design and says so itself).
+    pub name_replaced: bool,
 }
 
 impl Env {
@@ -79,6 +82,7 @@ impl Env {
             out,
             now,
             templates,
+            name_replaced: true,
         })
     }
 
@@ -108,7 +112,7 @@ impl Env {
                 ),
                 json!({ "path": path, "mode": format!("{mode:04o}"), "origin": phase }),
             ),
-            Outcome::Replaced { backup } => self.out.step(
+            Outcome::Replaced { backup } if self.name_replaced => self.out.step(
                 phase,
                 &format!(
                     "Replaced {:?}; its previous content is kept in {:?}",
@@ -117,6 +121,9 @@ impl Env {
                 ),
                 json!({ "path": path, "replaced": true, "backup": backup }),
             ),
+            Outcome::Replaced { backup } => {
+                tracing::info!(path = %path.display(), backup = %backup.display(), "replaced; old content backed up");
+            }
             _ => {}
         }
         Ok(outcome)

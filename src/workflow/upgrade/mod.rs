@@ -319,7 +319,8 @@ fn open(
     let mut new = upgrade::node_config(&stored, &node, &target, patches, &opts.timeouts, &probe)?;
     new.init.dry_run = opts.dry_run;
     new.init.node_registration.image_pull_policy = opts.image_pull_policy.clone();
-    let env = Env::open(new, kubernetes_dir, kubelet_dir, None, out)?;
+    let mut env = Env::open(new, kubernetes_dir, kubelet_dir, None, out)?;
+    env.name_replaced = false;
     Ok(UpgradeData {
         env,
         old,
