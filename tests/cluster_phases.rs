@@ -13,6 +13,11 @@ const CLUSTER_PHASES: &str =
     "preflight,etcd,control-plane,kubelet-start,wait-control-plane,kubelet-finalize";
 
 fn setup() -> (Node, StandIn, u16) {
+    setup_with(json!([]), "10s")
+}
+
+/// The stand-in playing `faults` (see its docstring), and kubernetesAPICall `api_call`.
+fn setup_with(faults: Value, api_call: &str) -> (Node, StandIn, u16) {
     let port = free_port();
     let node = Node::new();
     let text = format!(
@@ -24,7 +29,7 @@ localAPIEndpoint:
 nodeRegistration:
   name: cp1
 timeouts:
-  kubernetesAPICall: 10s
+  kubernetesAPICall: {api_call}
 ---
 apiVersion: kubeadm.k8s.io/v1beta4
 kind: ClusterConfiguration
@@ -52,6 +57,7 @@ etcd:
             "nodes": ["cp1"],
             // No bootstrapsigner: kubeforge signs cluster-info for its tokens itself.
             "sign": false,
+            "faults": faults,
         }),
     );
     (node, standin, port)
@@ -276,21 +282,117 @@ fn token_commands_create_list_delete_and_upload_certs() {
 #[test]
 fn upload_certs_run_alone_prints_a_fresh_key() {
     let (node, _standin, port) = setup();
-    let cfg = node.config_path();
-    let out = node.run_ok(&[
-        "init",
-        "phase",
-        "upload-certs",
-        "--upload-certs",
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
-    let key = printed_certificate_key(&out);
-    assert_eq!(key.len(), 64, "{out}");
+    let key = upload_certs(&node);
+    assert_eq!(key.len(), 64, "{key}");
     let certs = get(
         &node,
         port,
         "/api/v1/namespaces/kube-system/secrets/kubeadm-certs",
     );
     assert!(certs["data"]["sa.key"].is_string());
+}
+
+/// The `FAULT` entries of the stand-in's log: the faults it played.
+fn faults_played(standin: &StandIn) -> usize {
+    standin
+        .requests()
+        .iter()
+        .filter(|r| r["method"] == "FAULT")
+        .count()
+}
+
+/// The bootstrap-token Secrets the stand-in holds.
+fn token_secrets(node: &Node, port: u16) -> Vec<String> {
+    let secrets = get(node, port, "/api/v1/namespaces/kube-system/secrets");
+    secrets["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["type"] == "bootstrap.kubernetes.io/token")
+        .map(|s| s["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_cluster_phases_ride_out_dropped_connections_429_500_slowness_and_a_lost_answer() {
+    let fault = |method: &str, path: &str, play: &str, times: i32| json!({"method": method, "path": path, "play": play, "times": times, "seconds": 4});
+    let faults = json!([
+        fault("GET", "/configmaps/kubeadm-config", "drop", 1),
+        fault("PATCH", "/configmaps/kubeadm-config", "429", 2),
+        fault("PATCH", "/secrets/bootstrap-token-", "lose", 1),
+        fault("PATCH", "/nodes/cp1", "500", 2),
+        fault("PATCH", "/deployments/coredns", "slow", 1),
+        fault("GET", "/configmaps/cluster-info", "drop", 1),
+        // `token create`: its create is done but the answer lost.
+        fault("POST", "/secrets", "lose", 1),
+    ]);
+    let (node, standin, port) = setup_with(faults, "10s");
+    let first = init(&node, &[]);
+    let stdout = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert!(
+        first.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(faults_played(&standin), 8, "{:#?}", standin.requests());
+    let token = join_token(&stdout);
+    let id = token.split('.').next().unwrap();
+    assert_eq!(
+        token_secrets(&node, port),
+        [format!("bootstrap-token-{id}")],
+        "one token, the one in the join command"
+    );
+    assert_eq!(
+        standin.count("PATCH", "/api/v1/nodes/cp1"),
+        1,
+        "the node marked once"
+    );
+    let second = init(&node, &[]);
+    assert_eq!(join_token(&String::from_utf8_lossy(&second.stdout)), token);
+
+    // A create whose answer is lost is sent again, finds its own Secret and succeeds.
+    node.run_ok(&["token", "create", "ghijkl.0123456789abcdef"]);
+    assert_eq!(faults_played(&standin), 9);
+    let mut tokens = token_secrets(&node, port);
+    let mut expected = vec![
+        format!("bootstrap-token-{id}"),
+        "bootstrap-token-ghijkl".to_string(),
+    ];
+    tokens.sort();
+    expected.sort();
+    assert_eq!(tokens, expected, "each token created once");
+    let again = node.run(&["token", "create", "ghijkl.0123456789abcdef"]);
+    assert_eq!(again.status.code(), Some(2), "an existing token is refused");
+}
+
+#[test]
+fn an_api_server_that_keeps_failing_or_is_too_slow_fails_the_call_by_name() {
+    for (play, expected) in [
+        ("500", "the API server answered 500"),
+        ("429", "the API server answered 429"),
+        ("drop", "gave up after"),
+        ("slow", "no answer within"),
+    ] {
+        let faults = json!([{"method": "PATCH", "path": "/configmaps/kubeadm-config",
+                             "play": play, "times": -1, "seconds": 30}]);
+        let (node, standin, _) = setup_with(faults, "4s");
+        let start = std::time::Instant::now();
+        let out = init(&node, &[]);
+        let took = start.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{play}: {stderr}");
+        assert!(
+            stderr.contains("upload-config")
+                && stderr
+                    .contains("PATCH /api/v1/namespaces/kube-system/configmaps/kubeadm-config")
+                && stderr.contains(expected),
+            "{play}: {stderr}"
+        );
+        assert!(faults_played(&standin) >= 2, "{play}: not retried");
+        println!(
+            "{play}: failed after {took:?}, {} attempts: {}",
+            faults_played(&standin),
+            stderr.lines().last().unwrap_or_default()
+        );
+    }
 }

@@ -5,74 +5,12 @@
 //! bad input refused before anything is written. The real kubelet's part is the lab's.
 
 mod common;
-use common::standin::{host_ip, StandIn};
+use common::standin::{control_plane_prepare, host_ip, join_cluster as cluster};
 use common::*;
 
-use serde_json::json;
-use std::path::Path;
 use std::time::Duration;
 
 const TOKEN: &str = "abcdef.0123456789abcdef";
-
-fn b64(s: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-/// A "cluster": its PKI on `cluster`, its API played by the stand-in; the worker's certificate
-/// dir is `worker_pki` (the ClusterConfiguration's certificatesDir, as uploaded).
-fn cluster(cluster: &Node, worker_pki: &Path) -> (StandIn, String) {
-    cluster_with(cluster, worker_pki, "")
-}
-
-/// `cluster`, with `extra` added to the ClusterConfiguration it uploaded.
-fn cluster_with(cluster: &Node, worker_pki: &Path, extra: &str) -> (StandIn, String) {
-    let port = free_port();
-    let ip = host_ip();
-    let cfg = cluster.write_config("ECDSA-P256", "");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("192.0.2.2", &ip)
-        .replace("bindPort: 6443", &format!("bindPort: {port}"));
-    std::fs::write(&cfg, text).unwrap();
-    for phase in ["certs", "kubeconfig"] {
-        cluster.run_ok(&["init", "phase", phase, "--config", cfg.to_str().unwrap()]);
-    }
-    let pki = cluster.pki();
-    let ca = std::fs::read_to_string(pki.join("ca.crt")).unwrap();
-    let endpoint = format!("{ip}:{port}");
-    let info = format!(
-        "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: https://{endpoint}\n  name: \"\"\ncontexts: null\ncurrent-context: \"\"\nkind: Config\nusers: null\n",
-        b64(&ca)
-    );
-    let cluster_configuration = format!(
-        "apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nkubernetesVersion: v1.35.6\ncontrolPlaneEndpoint: {endpoint}\ncertificatesDir: {}\n{extra}",
-        worker_pki.display()
-    );
-    let kubelet = "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nmaxPods: 77\nclusterDNS:\n- 10.96.0.10\n";
-    let file = |n: &str| pki.join(n).display().to_string();
-    let standin = StandIn::start(
-        cluster.root(),
-        json!({
-            "api": {"host": ip, "port": port, "cert": file("apiserver.crt"), "key": file("apiserver.key"), "ca": file("ca.crt")},
-            "nodes": ["w1"],
-            "sign": true,
-            "objects": [
-                {"apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
-                 "metadata": {"name": "bootstrap-token-abcdef", "namespace": "kube-system"},
-                 "data": {"token-id": b64("abcdef"), "token-secret": b64("0123456789abcdef"),
-                          "usage-bootstrap-signing": b64("true"), "usage-bootstrap-authentication": b64("true")}},
-                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cluster-info", "namespace": "kube-public"},
-                 "data": {"kubeconfig": info}},
-                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kubeadm-config", "namespace": "kube-system"},
-                 "data": {"ClusterConfiguration": cluster_configuration}},
-                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kubelet-config", "namespace": "kube-system"},
-                 "data": {"kubelet": kubelet}},
-            ],
-        }),
-    );
-    (standin, endpoint)
-}
 
 fn pin(cluster: &Node) -> String {
     openssl_ca_pin(&cluster.pki().join("ca.crt"))
@@ -257,37 +195,9 @@ fn a_control_plane_join_downloads_the_shared_keys_and_a_wrong_key_writes_nothing
     let cluster_node = Node::new();
     let joiner = Node::new();
     let (_standin, endpoint) = cluster(&cluster_node, &joiner.pki());
-    let cfg = cluster_node.config_path();
-    let out = cluster_node.run_ok(&[
-        "init",
-        "phase",
-        "upload-certs",
-        "--upload-certs",
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
-    let key = printed_certificate_key(&out);
+    let key = upload_certs(&cluster_node);
     let pin = pin(&cluster_node);
-    let ip = host_ip();
-    let join = |key: &str| {
-        vec![
-            "join".to_string(),
-            "phase".into(),
-            "control-plane-prepare".into(),
-            endpoint.clone(),
-            "--token".into(),
-            TOKEN.into(),
-            "--discovery-token-ca-cert-hash".into(),
-            pin.clone(),
-            "--control-plane".into(),
-            "--certificate-key".into(),
-            key.into(),
-            "--apiserver-advertise-address".into(),
-            ip.clone(),
-            "--node-name".into(),
-            "cp2".into(),
-        ]
-    };
+    let join = |key: &str| control_plane_prepare(&endpoint, &pin, key);
 
     let before = joiner.snapshot();
     let wrong = join(&"00".repeat(32));
@@ -360,7 +270,12 @@ fn a_control_plane_join_pulls_its_images_in_preflight() {
         lab.repo(),
         joiner.root().join("var/lib/etcd").display()
     );
-    let (_standin, endpoint) = cluster_with(&cluster_node, &joiner.pki(), &extra);
+    let (_standin, endpoint) = common::standin::join_cluster_with(
+        &cluster_node,
+        &joiner.pki(),
+        &extra,
+        serde_json::json!([]),
+    );
     let (pin, ip, port) = (pin(&cluster_node), host_ip(), free_port().to_string());
     let socket = lab.socket();
     let ignore = format!("{},Port-{port}", common::lab::OTHER_CHECKS);
@@ -400,4 +315,41 @@ fn a_control_plane_join_pulls_its_images_in_preflight() {
         .filter(|i| !i.contains("/coredns:"))
         .collect();
     assert_eq!(lab.missing(&node_images), Vec::<String>::new(), "{text}");
+}
+
+#[test]
+fn a_join_rides_out_dropped_connections_429_and_500() {
+    let cluster_node = Node::new();
+    let worker = Node::new();
+    let fault = |method: &str, path: &str, play: &str, times: i32| serde_json::json!({"method": method, "path": path, "play": play, "times": times});
+    let faults = serde_json::json!([
+        // Discovery's anonymous fetch, then the calls with the token.
+        fault("GET", "/configmaps/cluster-info", "drop", 2),
+        fault("GET", "/configmaps/kubeadm-config", "500", 2),
+        fault("GET", "/configmaps/kubelet-config", "429", 1),
+    ]);
+    let (standin, endpoint) =
+        common::standin::join_cluster_with(&cluster_node, &worker.pki(), "", faults);
+    let pin = pin(&cluster_node);
+    let kubelet = kubelet_bootstraps(&worker, &cluster_node);
+    let out = worker.run_ok(&[
+        "join",
+        &endpoint,
+        "--token",
+        TOKEN,
+        "--discovery-token-ca-cert-hash",
+        &pin,
+        "--node-name",
+        "w1",
+        "--skip-phases",
+        "preflight",
+    ]);
+    kubelet.join().unwrap();
+    assert!(out.contains("This node has joined the cluster"), "{out}");
+    let played = standin
+        .requests()
+        .iter()
+        .filter(|r| r["method"] == "FAULT")
+        .count();
+    assert_eq!(played, 5, "{:#?}", standin.requests());
 }

@@ -71,11 +71,7 @@ pub async fn mark(client: &Client, node: &str, taints: &[Taint], limit: Duration
             .await
         {
             Ok(_) => return Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
-            Err(e) if start.elapsed() < limit => {
-                tracing::debug!("marking {node}: {e}");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
+            Err(kube::Error::Api(s)) if s.code == 409 && start.elapsed() < limit => continue,
             Err(e) => bail!("marking the node {node}: {e}"),
         }
     }
@@ -194,7 +190,7 @@ async fn create_system_priority_classes(client: &Client) -> Result<()> {
 /// serves, and is answered together with the kubelet's registration — usually just before it.
 /// Only a speed-up: without it the API server makes the classes itself, so it never fails.
 pub async fn create_priority_classes_early(kubeconfig: PathBuf, server: String) {
-    let client = match crate::kube::local_client(&kubeconfig, &server).await {
+    let client = match crate::kube::polling_client(&kubeconfig, Some(&server)).await {
         Ok(client) => client,
         Err(e) => {
             tracing::debug!("creating the system PriorityClasses: {e:#}");

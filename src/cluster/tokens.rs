@@ -176,14 +176,38 @@ async fn create_secret(
             secret.describe()
         );
     };
-    match secrets.create(&PostParams::default(), &secret).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => bail!(BadInput(format!(
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let exists = || {
+        BadInput(format!(
             "a bootstrap token with ID {:?} already exists",
             token.id()
-        ))),
+        ))
+    };
+    let there = secrets
+        .get_opt(&name)
+        .await
+        .map_err(|e| anyhow!("reading kube-system/{name}: {e}"))?;
+    if there.is_some() {
+        bail!(exists());
+    }
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(()),
+        // Not there a moment ago: the create was sent again after its answer was lost.
+        Err(kube::Error::Api(s)) if s.code == 409 && same_token(&secrets, &name, &secret).await => {
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => bail!(exists()),
         Err(e) => bail!("creating the bootstrap token {:?}: {e}", token.id()),
     }
+}
+
+/// Whether the Secret `name` holds the same token (its secret half) as `ours`.
+async fn same_token(secrets: &Api<Secret>, name: &str, ours: &Secret) -> bool {
+    let Ok(theirs) = secrets.get(name).await else {
+        return false;
+    };
+    let field = |s: &Secret, key: &str| s.data.as_ref().and_then(|d| d.get(key)).cloned();
+    field(&theirs, "token-secret") == field(ours, "token-secret")
 }
 
 fn print_created(
@@ -228,15 +252,15 @@ pub fn join_commands(
     (worker, control_plane)
 }
 
-/// Reads kube-public/cluster-info, retrying while the API server is briefly away.
+/// Reads kube-public/cluster-info, waiting while it is not there yet.
 async fn cluster_info(client: &kube::Client, limit: Duration) -> Result<ConfigMap> {
     let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-public");
     let start = Instant::now();
     loop {
         match maps.get("cluster-info").await {
             Ok(cm) => return Ok(cm),
-            Err(e) if start.elapsed() < limit => {
-                tracing::debug!("reading kube-public/cluster-info: {e}");
+            Err(kube::Error::Api(s)) if s.code == 404 && start.elapsed() < limit => {
+                tracing::debug!("reading kube-public/cluster-info: {}", s.message);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => bail!("reading kube-public/cluster-info: {e}"),

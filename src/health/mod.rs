@@ -194,7 +194,8 @@ pub async fn wait(
     kubelet_check(cfg, &http, &out).await?;
     announce(cfg, &components, &out);
     let server = api_server_url(layout)?;
-    let admin = crate::kube::local_client(&layout.kubeconfig("admin.conf"), &server).await?;
+    let admin =
+        crate::kube::polling_client(&layout.kubeconfig("admin.conf"), Some(&server)).await?;
     let mut wait = Wait {
         cfg,
         components,

@@ -1,6 +1,6 @@
 //! The objects kubeforge creates in a cluster, typed with k8s-openapi, and their server-side
 //! apply: idempotent (an object already as rendered is left untouched, its resourceVersion
-//! unchanged), retried while the API server is briefly away.
+//! unchanged), retried while the API server does not serve its group yet.
 
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
@@ -141,12 +141,10 @@ impl Object {
     }
 }
 
-/// Errors worth waiting out: the API server restarting, overloaded or not serving a group yet.
+/// An answer worth waiting out: the API server not serving the object's group yet. (A lost
+/// connection, 429 and 5xx are retried by the client itself, `super::retry`.)
 fn transient(e: &kube::Error) -> bool {
-    match e {
-        kube::Error::Api(s) => s.code == 429 || s.code >= 500 || s.code == 404,
-        _ => true,
-    }
+    matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
 async fn apply_with<K>(api: Api<K>, object: &K, what: &str, limit: Duration) -> Result<Applied>

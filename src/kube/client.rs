@@ -5,8 +5,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
+use kube::client::ClientBuilder;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
+
+use super::retry::Retry;
 
 use crate::config::Token;
 
@@ -16,8 +19,17 @@ pub async fn local_client(kubeconfig: &Path, server: &str) -> Result<Client> {
     client(kubeconfig, Some(server)).await
 }
 
+/// The same, without retries: for a wait that asks again and again itself.
+pub async fn polling_client(kubeconfig: &Path, server: Option<&str>) -> Result<Client> {
+    client_with(kubeconfig, server, Retries::No).await
+}
+
 /// A client with `kubeconfig`'s credentials, on its own server unless `server` is given.
 pub async fn client(kubeconfig: &Path, server: Option<&str>) -> Result<Client> {
+    client_with(kubeconfig, server, Retries::Yes).await
+}
+
+async fn client_with(kubeconfig: &Path, server: Option<&str>, retries: Retries) -> Result<Client> {
     // kube's message names the file and its cause; its source chain would repeat the cause.
     let kc = Kubeconfig::read_from(kubeconfig).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
@@ -28,7 +40,7 @@ pub async fn client(kubeconfig: &Path, server: Option<&str>) -> Result<Client> {
         config.proxy_url = None;
     }
     config.connect_timeout = Some(Duration::from_secs(2));
-    Ok(Client::try_from(config)?)
+    build(config, retries)
 }
 
 /// A client that trusts `ca_pem` (the CA discovery pinned) and authenticates with a bootstrap
@@ -39,5 +51,40 @@ pub async fn with_token(server: &str, ca_pem: &str, token: &Token) -> Result<Cli
     config.root_cert = Some(vec![der]);
     config.auth_info.token = Some(token.to_string().into());
     config.connect_timeout = Some(Duration::from_secs(5));
-    Ok(Client::try_from(config)?)
+    build(config, Retries::Yes)
+}
+
+/// Whether a client's calls are retried (`super::retry`): yes, unless the caller itself asks
+/// again and again (a wait), where a call must answer at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retries {
+    Yes,
+    No,
+}
+
+/// How long one API call may take with its retries: kubeadm's `timeouts.kubernetesAPICall`
+/// once the run's configuration set it, else kubeadm's default, one minute.
+static CALL_TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+/// Sets how long one API call may take, its retries included (the first setting holds).
+pub fn set_call_timeout(limit: Duration) {
+    let _ = CALL_TIMEOUT.set(limit);
+}
+
+fn build(mut config: kube::Config, retries: Retries) -> Result<Client> {
+    // kube's own retry (429/503/504, up to 15 times) gives way to ours, which is bounded.
+    config.default_retry = false;
+    let builder = ClientBuilder::try_from(config)?;
+    if retries == Retries::No {
+        return Ok(builder.build());
+    }
+    let budget = *CALL_TIMEOUT.get().unwrap_or(&Duration::from_secs(60));
+    let retry = Retry {
+        budget,
+        attempt: (budget / 4).min(Duration::from_secs(15)),
+    };
+    Ok(builder
+        .with_layer(&tower::buffer::BufferLayer::new(64))
+        .with_layer(&retry)
+        .build())
 }

@@ -173,6 +173,26 @@ impl Kubeconfig {
     }
 }
 
+impl Kubeconfig {
+    /// The embedded client certificate and key as PEM text, each None when the file has none; an
+    /// error names the one that is there but is not base64 of text (a file cut short).
+    pub fn client_credentials(&self) -> Result<(Option<String>, Option<String>)> {
+        let Some(user) = self.users.first().map(|u| &u.user) else {
+            return Ok((None, None));
+        };
+        let read = |field: &str, data: &Option<String>| match data {
+            None => Ok(None),
+            Some(b64) => decode(b64)
+                .map(Some)
+                .ok_or_else(|| anyhow::anyhow!("its {field} is not base64 of PEM text")),
+        };
+        Ok((
+            read("client-certificate-data", &user.client_certificate_data)?,
+            read("client-key-data", &user.client_key_data)?,
+        ))
+    }
+}
+
 fn decode(b64: &str) -> Option<String> {
     String::from_utf8(B64.decode(b64).ok()?).ok()
 }

@@ -165,15 +165,25 @@ fn check_existing(
             json!({ "path": path, "warning": "unexpected server URL" }),
         );
     }
-    if let Some(cert) = existing.client_cert_pem() {
-        let key = existing
-            .client_key_pem()
-            .as_deref()
-            .map(keys::load)
-            .transpose()
-            .with_context(|| format!("the client key in {}", path.display()))?;
+    let (cert, key) = match existing.client_credentials() {
+        Ok(credentials) => credentials,
+        Err(e) => {
+            problems.push(format!("{}: {e}", path.display()));
+            return Ok(false);
+        }
+    };
+    if let Some(cert) = cert {
+        let Some(key) = key else {
+            problems.push(format!(
+                "{} has a client certificate but no client-key-data",
+                path.display()
+            ));
+            return Ok(false);
+        };
+        let key =
+            keys::load(&key).with_context(|| format!("the client key in {}", path.display()))?;
         let spec = pki::kubeconfig_spec(p, cfg);
-        let found = pki::check(&cert, key.as_ref(), &spec, Some(&ca.cert_der), now)
+        let found = pki::check(&cert, Some(&key), &spec, Some(&ca.cert_der), now)
             .with_context(|| format!("the client certificate in {}", path.display()))?;
         if !found.is_empty() {
             problems.push(format!(

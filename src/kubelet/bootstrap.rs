@@ -18,7 +18,7 @@ pub async fn wait(kubelet_conf: &Path, node: &str, limit: Duration) -> Result<bo
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let client = loop {
-        match crate::kube::client(kubelet_conf, None).await {
+        match crate::kube::polling_client(kubelet_conf, None).await {
             Ok(client) => break client,
             Err(_) if start.elapsed() < limit => {
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -1,6 +1,7 @@
 //! The node: its paths (one `Layout`), its hostname, and the one writer every host file goes
 //! through (and every removal).
 
+mod lock;
 mod writer;
 
 pub use writer::{journal_entries, HostWriter, Outcome};

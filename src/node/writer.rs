@@ -46,8 +46,11 @@ pub struct HostWriter {
 struct Journal {
     path: PathBuf,
     entries: std::collections::BTreeSet<PathBuf>,
-    /// Directories created for the lock, not journaled until something is written.
-    pending: Vec<PathBuf>,
+    /// Directories created for the lock: journaled at once (a run killed next leaves them
+    /// listed), removed again with the journal when the run writes nothing else.
+    provisional: Vec<PathBuf>,
+    /// Whether this run journaled anything beyond `provisional`.
+    wrote: bool,
 }
 
 impl Journal {
@@ -63,14 +66,13 @@ impl Journal {
         Ok(Journal {
             path,
             entries,
-            pending: Vec::new(),
+            provisional: Vec::new(),
+            wrote: false,
         })
     }
 
     fn note(&mut self, path: &Path) -> Result<()> {
-        for dir in std::mem::take(&mut self.pending) {
-            self.note(&dir)?;
-        }
+        self.wrote = true;
         if self.entries.contains(path) {
             return Ok(());
         }
@@ -95,9 +97,15 @@ fn append_line(journal: &Path, entry: &Path) -> Result<()> {
         .mode(0o600)
         .open(journal)
         .with_context(|| format!("opening the journal {}", journal.display()))?;
-    writeln!(f, "{}", entry.display())?;
-    f.sync_all()?;
-    Ok(())
+    let before = f.metadata()?.len();
+    let written = f
+        .write_all(format!("{}\n", entry.display()).as_bytes())
+        .and_then(|()| f.sync_all());
+    if written.is_err() {
+        // A full disk can take half a line: cut it off again, so the next entry starts a line.
+        let _ = f.set_len(before);
+    }
+    written.with_context(|| format!("writing the journal {}", journal.display()))
 }
 
 /// The journal of a node: every path kubeforge created there, in creation order's set.
@@ -145,14 +153,20 @@ impl HostWriter {
         let lock = nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock)
             .map_err(|(_, errno)| {
                 anyhow!(
-                    "another kubeforge run holds the lock on {} ({errno}); wait for it to finish",
-                    layout.kubernetes_dir.display()
+                    "another kubeforge run holds the lock on {} ({errno}){}; wait for it to finish",
+                    layout.kubernetes_dir.display(),
+                    super::lock::holder(&layout.kubernetes_dir)
+                        .map(|h| format!(": {h}"))
+                        .unwrap_or_default()
                 )
             })?;
         let mut journal = Journal::load(layout.journal())?;
-        // Journaled with the first file: a run that writes nothing (a failed preflight) leaves
-        // no trace, and Drop removes these again.
-        journal.pending = new_dirs;
+        for dir in &new_dirs {
+            journal.note(dir)?;
+        }
+        // A run that writes nothing (a failed preflight) leaves no trace: Drop removes these.
+        journal.provisional = new_dirs;
+        journal.wrote = false;
         Ok(HostWriter {
             dry_run_root: None,
             preview: false,
@@ -295,6 +309,9 @@ impl HostWriter {
         if self.preview {
             bail!("{} is not written: this run only previews", path.display());
         }
+        if self.journal.is_some() {
+            remove_stale_temp_files(path)?;
+        }
         let existing = read_opt(path)?;
         if existing.as_deref() == Some(contents) {
             let current = fs::metadata(path)?.permissions().mode() & 0o7777;
@@ -356,6 +373,7 @@ impl HostWriter {
             dir = self.backup_root.join(format!("{BACKUP_PREFIX}{stamp}-{n}"));
         }
         self.prune_backups(KEEP_RUNS - 1)?;
+        remove_temp_files_under(&self.backup_root)?;
         if let Some(journal) = &mut self.journal {
             journal.note(&dir)?;
         }
@@ -419,8 +437,14 @@ impl HostWriter {
 impl Drop for HostWriter {
     fn drop(&mut self) {
         if let Some(journal) = &self.journal {
-            for dir in journal.pending.iter().rev() {
-                let _ = fs::remove_dir(dir);
+            if !journal.wrote && !journal.provisional.is_empty() {
+                let _ = fs::remove_file(&journal.path);
+                if let Some(dir) = journal.path.parent() {
+                    let _ = fs::remove_dir(dir);
+                }
+                for dir in journal.provisional.iter().rev() {
+                    let _ = fs::remove_dir(dir);
+                }
             }
         }
     }
@@ -460,6 +484,69 @@ fn create_dir_all_mode(path: &Path, mode: u32) -> Result<()> {
         .with_context(|| format!("setting the mode of {}", path.display()))
 }
 
+/// The temp files of `path` a killed run left beside it (`.<name>.kubeforge-<pid>-<n>`): with
+/// the node lock held, no other run is writing them.
+fn remove_stale_temp_files(path: &Path) -> Result<()> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(());
+    };
+    let prefix = format!(".{}.kubeforge-", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let stale = entry.path();
+            fs::remove_file(&stale)
+                .with_context(|| format!("removing the stale temp file {}", stale.display()))?;
+            tracing::info!("removed {}, left by a run that was killed", stale.display());
+        }
+    }
+    Ok(())
+}
+
+/// The temp files a run killed while it backed a file up left in its backup directory.
+fn remove_temp_files_under(backup_root: &Path) -> Result<()> {
+    let Ok(entries) = fs::read_dir(backup_root) else {
+        return Ok(());
+    };
+    let runs = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(BACKUP_PREFIX));
+    let mut stack: Vec<PathBuf> = runs.map(|e| e.path()).collect();
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if entry.file_name().to_string_lossy().contains(".kubeforge-") {
+                fs::remove_file(&path)
+                    .with_context(|| format!("removing the stale temp file {}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How many files this process has written (`write_atomic`), for `KUBEFORGE_FAULT`.
+static WRITES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Test-only crash injection inside a write: `KUBEFORGE_FAULT=write:<n>` kills the process when
+/// its n-th file is written to its temp file but not yet renamed, `renamed:<n>` right after the
+/// rename, before the directory's fsync — the two instants a power cut could split.
+fn crash_if(point: &str, n: u32, path: &Path) {
+    let Ok(spec) = std::env::var("KUBEFORGE_FAULT") else {
+        return;
+    };
+    if spec.strip_prefix(point).and_then(|s| s.strip_prefix(':')) == Some(&n.to_string()) {
+        eprintln!(
+            "KUBEFORGE_FAULT: killing the process at {point} {n} ({})",
+            path.display()
+        );
+        std::process::abort();
+    }
+}
+
 /// Temp file in the same directory, fsync, rename over the target, fsync the directory: a crash
 /// leaves either the old file or the new one, never half of one.
 fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
@@ -492,7 +579,10 @@ fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
         file.set_permissions(fs::Permissions::from_mode(mode))?;
         file.sync_all()?;
         drop(file);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        crash_if("write", n, path);
         fs::rename(&tmp, path)?;
+        crash_if("renamed", n, path);
         File::open(dir)?.sync_all()?;
         Ok(())
     })();
@@ -601,6 +691,22 @@ mod tests {
         assert!(err.to_string().contains("holds the lock"), "{err}");
         drop(first);
         HostWriter::open(&l, false).unwrap();
+    }
+
+    #[test]
+    fn the_directories_made_for_the_lock_are_journaled_at_once_and_gone_if_nothing_is_written() {
+        let root = tempfile::tempdir().unwrap();
+        let l = layout(root.path());
+        drop(HostWriter::open(&l, false).unwrap());
+        assert!(
+            !root.path().join("etc").exists(),
+            "a run that wrote nothing left a trace"
+        );
+        // Killed before its first write (no Drop): what it made is in the journal.
+        std::mem::forget(HostWriter::open(&l, false).unwrap());
+        let journal = journal_entries(&l).unwrap();
+        assert!(journal.contains(&root.path().join("etc")), "{journal:?}");
+        assert!(journal.contains(&l.kubernetes_dir), "{journal:?}");
     }
 
     #[test]

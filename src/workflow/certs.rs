@@ -286,7 +286,7 @@ fn restart_component(d: &mut RenewData, step: &Step) -> Result<()> {
             before.id.chars().take(13).collect()
         };
         d.out.step("restart", &format!("Restarted {} (container {shown}): its certificates changed; waiting until it is Ready", component.name()), json!({ "component": component.name(), "container": before.id }));
-        let client = crate::kube::local_client(&admin, &server).await?;
+        let client = crate::kube::polling_client(&admin, Some(&server)).await?;
         let took = crate::health::wait_restarted(
             &d.cfg,
             &d.layout,

@@ -25,6 +25,9 @@ pub struct Env {
     pub now: OffsetDateTime,
     /// `--templates DIR`: manifest templates that replace the built-in ones.
     pub templates: Option<PathBuf>,
+    /// Whether `write` names a file it replaced (init and join: the node held something else;
+    /// an upgrade replaces files by design and says so itself).
+    pub name_replaced: bool,
 }
 
 impl Env {
@@ -51,6 +54,7 @@ impl Env {
             Path::new(&etcd_data_dir),
         );
         check_patches(&cfg, &layout, templates.as_deref())?;
+        crate::kube::set_call_timeout(cfg.init.timeouts.kubernetes_api_call.0);
         let dry_run = cfg.init.dry_run;
         let writer = HostWriter::open(&layout, dry_run).context("preparing the node")?;
         let effects: Rc<dyn Effects> = match writer.dry_run_dir() {
@@ -78,6 +82,7 @@ impl Env {
             out,
             now,
             templates,
+            name_replaced: true,
         })
     }
 
@@ -106,6 +111,15 @@ impl Env {
                     path.display().to_string()
                 ),
                 json!({ "path": path, "mode": format!("{mode:04o}"), "origin": phase }),
+            ),
+            Outcome::Replaced { backup } if self.name_replaced => self.out.step(
+                phase,
+                &format!(
+                    "Replaced {:?}; its previous content is kept in {:?}",
+                    path.display().to_string(),
+                    backup.display().to_string()
+                ),
+                json!({ "path": path, "replaced": true, "backup": backup }),
             ),
             Outcome::Replaced { backup } => {
                 tracing::info!(path = %path.display(), backup = %backup.display(), "replaced; old content backed up");

@@ -116,7 +116,8 @@ fn download_certs(d: &mut JoinData, _: &Step) -> Result<()> {
         if let Some(parent) = path.parent() {
             env.writer.ensure_dir(parent, 0o755)?;
         }
-        let mode = if name.ends_with(".key") { 0o600 } else { 0o644 };
+        // sa.pub is 0600 like the keys, as the certs phase (and kubeadm) writes it.
+        let mode = if name.ends_with(".crt") { 0o644 } else { 0o600 };
         env.write("download-certs", &File::new(path, content, mode))?;
     }
     Ok(())

@@ -2,8 +2,10 @@
 //! tests check our output with. A missing tool fails the test loudly; nothing is ever skipped.
 #![allow(dead_code)]
 
+pub mod kill;
 pub mod lab;
 pub mod standin;
+pub mod tree;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -360,6 +362,20 @@ pub fn openssl_ca_pin(ca: &Path) -> String {
     );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     format!("sha256:{}", text.split_whitespace().next().unwrap())
+}
+
+/// Runs `init phase upload-certs --upload-certs` on `node`; the certificate key it prints.
+pub fn upload_certs(node: &Node) -> String {
+    let cfg = node.config_path();
+    let out = node.run_ok(&[
+        "init",
+        "phase",
+        "upload-certs",
+        "--upload-certs",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    printed_certificate_key(&out)
 }
 
 /// The key `init phase upload-certs` prints on the line after `Using certificate key:`.

@@ -4,7 +4,9 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use serde_json::Value;
+use serde_json::{json, Value};
+
+use super::{free_port, Node};
 
 /// This host's first non-loopback IPv4 address: kubeforge refuses to advertise a loopback one.
 pub fn host_ip() -> String {
@@ -80,4 +82,96 @@ impl Drop for StandIn {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// A "cluster" for joins: its PKI on `cluster`, its API played by the stand-in; the worker's certificate
+/// dir is `worker_pki` (the ClusterConfiguration's certificatesDir, as uploaded).
+pub fn join_cluster(cluster: &Node, worker_pki: &Path) -> (StandIn, String) {
+    join_cluster_with(cluster, worker_pki, "", json!([]))
+}
+
+/// The same, with `extra` added to the ClusterConfiguration it uploaded and the stand-in playing
+/// `faults` (see its docstring).
+pub fn join_cluster_with(
+    cluster: &Node,
+    worker_pki: &Path,
+    extra: &str,
+    faults: Value,
+) -> (StandIn, String) {
+    let port = free_port();
+    let ip = host_ip();
+    let cfg = cluster.write_config("ECDSA-P256", "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("192.0.2.2", &ip)
+        .replace("bindPort: 6443", &format!("bindPort: {port}"));
+    std::fs::write(&cfg, text).unwrap();
+    for phase in ["certs", "kubeconfig"] {
+        cluster.run_ok(&["init", "phase", phase, "--config", cfg.to_str().unwrap()]);
+    }
+    let pki = cluster.pki();
+    let ca = std::fs::read_to_string(pki.join("ca.crt")).unwrap();
+    let endpoint = format!("{ip}:{port}");
+    let info = format!(
+        "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: https://{endpoint}\n  name: \"\"\ncontexts: null\ncurrent-context: \"\"\nkind: Config\nusers: null\n",
+        b64(&ca)
+    );
+    let cluster_configuration = format!(
+        "apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nkubernetesVersion: v1.35.6\ncontrolPlaneEndpoint: {endpoint}\ncertificatesDir: {}\n{extra}",
+        worker_pki.display()
+    );
+    let kubelet = "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nmaxPods: 77\nclusterDNS:\n- 10.96.0.10\n";
+    let file = |n: &str| pki.join(n).display().to_string();
+    let standin = StandIn::start(
+        cluster.root(),
+        json!({
+            "api": {"host": ip, "port": port, "cert": file("apiserver.crt"), "key": file("apiserver.key"), "ca": file("ca.crt")},
+            "nodes": ["w1"],
+            "sign": true,
+            "faults": faults,
+            "objects": [
+                {"apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
+                 "metadata": {"name": "bootstrap-token-abcdef", "namespace": "kube-system"},
+                 "data": {"token-id": b64("abcdef"), "token-secret": b64("0123456789abcdef"),
+                          "usage-bootstrap-signing": b64("true"), "usage-bootstrap-authentication": b64("true")}},
+                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cluster-info", "namespace": "kube-public"},
+                 "data": {"kubeconfig": info}},
+                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kubeadm-config", "namespace": "kube-system"},
+                 "data": {"ClusterConfiguration": cluster_configuration}},
+                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kubelet-config", "namespace": "kube-system"},
+                 "data": {"kubelet": kubelet}},
+            ],
+        }),
+    );
+    (standin, endpoint)
+}
+
+/// `join phase control-plane-prepare` of node cp2 at this host's address against a
+/// `join_cluster`, with the stand-in's token, the CA pin `pin` and the certificate key `key`.
+pub fn control_plane_prepare(endpoint: &str, pin: &str, key: &str) -> Vec<String> {
+    [
+        "join",
+        "phase",
+        "control-plane-prepare",
+        endpoint,
+        "--token",
+        "abcdef.0123456789abcdef",
+        "--discovery-token-ca-cert-hash",
+        pin,
+        "--control-plane",
+        "--certificate-key",
+        key,
+        "--apiserver-advertise-address",
+        &host_ip(),
+        "--node-name",
+        "cp2",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
 }

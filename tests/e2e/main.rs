@@ -509,6 +509,56 @@ fn a_crash_after_control_plane_is_completed_by_a_plain_rerun() {
     assert_control_plane_ready(&s);
 }
 
+/// `init` on the real node killed at random instants (SIGKILL after a random delay within a
+/// typical run, or inside a random file write), each kill on what the last one left; then a
+/// plain run brings the control plane up. Seeded: `KUBEFORGE_KILL_SEED` replays,
+/// `KUBEFORGE_KILLS` sets how many kills (default 3).
+#[test]
+fn init_killed_at_random_instants_is_completed_by_a_plain_rerun() {
+    if !asked_for() {
+        return;
+    }
+    let s = Scenario::start();
+    let config = s.host.config(&[]);
+    let mut killer = common::kill::Killer::from_env();
+    // A whole init takes about 8 s here (docs/figures.md).
+    let typical = Duration::from_secs(9);
+    for n in 1..=common::kill::Killer::count(3) {
+        let kill = killer.instant(typical, 40);
+        let mut command = std::process::Command::new(harness::binary());
+        command.args(["init", "--config", config.to_str().unwrap()]);
+        let killed = common::kill::run_killed(command, kill);
+        println!("kill #{n}: {kill:?}, killed: {killed}");
+        let problems = common::tree::problems(Path::new("/"), &[KUBERNETES_DIR.into()], None);
+        assert!(
+            problems.is_empty(),
+            "seed {}, kill #{n} {kill:?}: {problems:#?}",
+            killer.seed
+        );
+    }
+    let run = init(&s, &[], &[]);
+    assert_ok(&s, &run);
+    assert_control_plane_ready(&s);
+    let dirs = [KUBERNETES_DIR.into()];
+    assert_eq!(
+        common::tree::temp_files(&dirs),
+        Vec::<std::path::PathBuf>::new()
+    );
+    let problems = common::tree::problems(Path::new("/"), &dirs, None);
+    assert!(problems.is_empty(), "seed {}: {problems:#?}", killer.seed);
+    for file in ["config.yaml", "instance-config.yaml", "kubeadm-flags.env"] {
+        let path = Path::new(KUBELET_DIR).join(file);
+        if path.exists() {
+            assert_eq!(
+                common::tree::parse_problem(&path),
+                None,
+                "{}",
+                path.display()
+            );
+        }
+    }
+}
+
 #[test]
 fn a_broken_scheduler_is_named_with_its_exit_code_and_log_line() {
     if !asked_for() {

@@ -15,6 +15,13 @@ Usage: apiserver.py CONFIG.json — the config names the ports, the TLS files an
   sign_after: seconds                   sign only then (a join right after init)
   health: [{port, tls, cert, key}]      200 on any path (kcm, scheduler, kubelet)
   log: file                             one JSON line per request: method, path, user, groups
+  faults: [{method, path, play, times, seconds}]   API faults, for the client's retries: a request
+                                        whose method is `method` and whose path contains `path`
+                                        is answered by `play` — "drop" (connection closed, nothing
+                                        done), "lose" (done, then the connection closed before the
+                                        answer), "429" (with Retry-After: 1), "500", or "slow"
+                                        (`seconds` of silence, then done) — `times` times (-1:
+                                        always); each one played is logged as method "FAULT"
 
 Objects are kept in memory; server-side apply replaces the object and keeps its
 resourceVersion when nothing changed, as a real API server does.
@@ -24,8 +31,10 @@ import base64
 import copy
 import hashlib
 import hmac
+import io
 import json
 import re
+import socket
 import ssl
 import sys
 import threading
@@ -155,7 +164,40 @@ class Api(BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length", 0))
         return json.loads(self.rfile.read(n) or b"{}")
 
+    def fault(self):
+        """The fault this request plays, if any (counted down)."""
+        with LOCK:
+            for f in CONFIG.get("faults", []):
+                if f.get("times", 1) != 0 and f["method"] == self.command and f["path"] in self.path:
+                    f["times"] = f.get("times", 1) - 1
+                    log({"method": "FAULT", "path": self.path, "play": f["play"],
+                         "request": self.command})
+                    return f
+        return None
+
     def handle_any(self):
+        fault = self.fault()
+        play = fault and fault["play"]
+        if play in ("drop", "429", "500"):
+            self.close_connection = True
+            if play == "drop":
+                return self.connection.shutdown(socket.SHUT_RDWR)
+            self.send_response(int(play))
+            self.send_header("Retry-After", "1")
+            self.send_header("Connection", "close")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if play == "slow":
+            time.sleep(fault.get("seconds", 30))
+        if play == "lose":
+            self.wfile = io.BytesIO()
+            self.close_connection = True
+        self.answer()
+        if play == "lose":
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def answer(self):
         url = urlparse(self.path)
         query = parse_qs(url.query)
         user, groups = self.identity()

@@ -271,6 +271,7 @@ fn open(
     let probe = Layout::new(kubernetes_dir, kubelet_dir, Path::new(""), Path::new(""));
     let kubeconfig = kubeconfig(&opts, &probe);
     let limit = opts.timeouts.kubernetes_api_call.0;
+    crate::kube::set_call_timeout(limit);
     let (client, stored, cluster_version) = crate::block_on(async {
         let client = crate::kube::client(&kubeconfig, None).await?;
         let read = read_cluster(&client, &out, &kubeconfig);
@@ -320,7 +321,8 @@ fn open(
     new.init.dry_run = opts.dry_run;
     new.init.node_registration.image_pull_policy = opts.image_pull_policy.clone();
     new.init.node_registration.image_pull_serial = Some(opts.image_pull_serial);
-    let env = Env::open(new, kubernetes_dir, kubelet_dir, None, out)?;
+    let mut env = Env::open(new, kubernetes_dir, kubelet_dir, None, out)?;
+    env.name_replaced = false;
     Ok(UpgradeData {
         env,
         old,
