@@ -76,6 +76,15 @@ pub fn phases() -> Vec<Phase<InitData>> {
         )
         .run(prepare_control_plane)
         .children(control_plane_phases()),
+        Phase::new(
+            "control-plane-endpoint",
+            "Generate the static Pod manifests of the highly available endpoint (haproxy, keepalived)",
+        )
+        .run_if_noted(
+            |d: &InitData| d.env.cfg.endpoint.is_some(),
+            "No ControlPlaneEndpoint document: skipping the balancers",
+        )
+        .run(write_endpoint),
         Phase::new("kubelet-start", "Write kubelet settings and (re)start the kubelet").run(kubelet_start),
         Phase::new("wait-control-plane", "Wait for the control plane to start").run(wait_control_plane),
         Phase::new("upload-config", "Upload the kubeadm and kubelet configuration to a ConfigMap")
@@ -285,6 +294,37 @@ pub(super) fn write_manifest_file(
 fn write_manifest(d: &mut InitData, step: &Step) -> Result<()> {
     let phase = step.path.split('/').next().unwrap_or(step.path);
     write_component(&mut d.env, phase, component_of(step))
+}
+
+fn write_endpoint(d: &mut InitData, step: &Step) -> Result<()> {
+    let members = [crate::endpoint::Member::local(&d.env.cfg)];
+    write_endpoint_files(&mut d.env, step.name, &members)
+}
+
+/// The balancers' configuration and static pods for `members` (this node among them).
+pub(super) fn write_endpoint_files(
+    env: &mut Env,
+    phase: &str,
+    members: &[crate::endpoint::Member],
+) -> Result<()> {
+    let interface = crate::endpoint::interface_for(&env.cfg)?;
+    let files = crate::endpoint::files(&env.cfg, &env.layout, members, &interface)?;
+    let dir = crate::endpoint::config_dir(&env.layout);
+    env.writer.ensure_dir(&dir, 0o755)?;
+    env.writer
+        .ensure_dir(&env.layout.manifests_dir.clone(), 0o700)?;
+    let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+    env.out.step(
+        phase,
+        &format!(
+            "Writing the balancers (haproxy, keepalived) for {} control-plane node(s): {}",
+            members.len(),
+            names.join(", ")
+        ),
+        json!({ "configDir": dir, "members": names, "interface": interface }),
+    );
+    env.write_all(phase, &files)?;
+    Ok(())
 }
 
 /// The kubelet's files, then the kubelet (re)started.

@@ -1,0 +1,373 @@
+//! The highly available endpoint (ControlPlaneEndpoint document): its files checked by the tools
+//! that will run them — Debian's haproxy (`-c`) and keepalived (`--config-test`), and
+//! kubernetes-validate --strict on the static pods — its config errors (file:line, exit 2,
+//! nothing written), and the rendered haproxy run in its own network namespace in front of two
+//! TLS backends, taking the one whose /readyz fails out of the rotation.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ENDPOINT_DOC: &str = "---
+apiVersion: kubeforge.io/v1alpha1
+kind: ControlPlaneEndpoint
+mode: vip
+virtualIP: 192.0.2.100
+interface: eth9
+";
+
+/// The usual test config with the endpoint on (controlPlaneEndpoint the VIP and haproxy's port).
+fn endpoint_config(node: &Node, endpoint_doc: &str) -> String {
+    node.write_config("RSA-2048", "controlPlaneEndpoint: 192.0.2.100:8443\n");
+    let mut text = std::fs::read_to_string(node.config_path()).unwrap();
+    text.push_str(endpoint_doc);
+    std::fs::write(node.config_path(), &text).unwrap();
+    node.config_path().to_str().unwrap().to_string()
+}
+
+fn endpoint_dir(node: &Node) -> PathBuf {
+    node.kubernetes_dir().join("endpoint")
+}
+
+#[test]
+fn rendered_files_pass_haproxy_keepalived_and_kubernetes_validate() {
+    let node = Node::new();
+    let cfg = endpoint_config(&node, ENDPOINT_DOC);
+    node.run_ok(&["init", "phase", "certs", "all", "--config", &cfg]);
+    node.run_ok(&["init", "phase", "control-plane-endpoint", "--config", &cfg]);
+    let dir = endpoint_dir(&node);
+    tool_ok(
+        "haproxy",
+        &["-c", "-f", dir.join("haproxy.cfg").to_str().unwrap()],
+    );
+    // keepalived refuses loopback links and checks the interface exists: give it one.
+    let ns = Netns::new("10.213.1.1");
+    ns.add_veth("eth9");
+    let out = ns
+        .cmd("keepalived")
+        .args(["--config-test", "-f"])
+        .arg(dir.join("keepalived.conf"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "keepalived --config-test: {out:?}");
+    tool_ok(
+        "shellcheck",
+        &[dir.join("check-balancer.sh").to_str().unwrap()],
+    );
+    assert_eq!(mode(&dir.join("check-balancer.sh")), 0o755);
+    for pod in ["kubeforge-haproxy", "kubeforge-keepalived"] {
+        let manifest = node.kubernetes_dir().join(format!("manifests/{pod}.yaml"));
+        assert_eq!(mode(&manifest), 0o600);
+        let path = manifest.to_str().unwrap();
+        tool_ok("kubernetes-validate", &["--strict", "-k", "1.35.0", path]);
+    }
+    // A re-run rewrites nothing: same bytes, same mtimes (no static pod restart).
+    let before = node.snapshot();
+    node.run_ok(&["init", "phase", "control-plane-endpoint", "--config", &cfg]);
+    assert_eq!(before, node.snapshot());
+}
+
+#[test]
+fn keepalived_rejects_what_kubeforge_would_reject() {
+    // The validation's range is keepalived's: the tool itself refuses router id 256.
+    let node = Node::new();
+    let cfg = endpoint_config(&node, ENDPOINT_DOC);
+    node.run_ok(&["init", "phase", "certs", "all", "--config", &cfg]);
+    node.run_ok(&["init", "phase", "control-plane-endpoint", "--config", &cfg]);
+    let conf = endpoint_dir(&node).join("keepalived.conf");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(
+        &conf,
+        text.replace("virtual_router_id 51", "virtual_router_id 256"),
+    )
+    .unwrap();
+    let ns = Netns::new("10.213.1.2");
+    ns.add_veth("eth9");
+    let out = ns
+        .cmd("keepalived")
+        .args(["--config-test", "-f"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "keepalived accepted router id 256");
+    let out = kubeforge_with(
+        &node,
+        &ENDPOINT_DOC.replace("mode: vip", "mode: vip\nvirtualRouterID: 256"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// `init --dry-run` on `endpoint_doc`.
+fn kubeforge_with(node: &Node, endpoint_doc: &str) -> std::process::Output {
+    let cfg = endpoint_config(node, endpoint_doc);
+    node.run(&["init", "--dry-run", "--config", &cfg])
+}
+
+#[test]
+fn config_errors_name_file_field_and_line() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "virtualIP: 192.0.2.100",
+            "virtualIP: 192.0.2.300",
+            "ControlPlaneEndpoint.virtualIP",
+        ),
+        ("mode: vip", "mode: node-local", "ControlPlaneEndpoint.mode"),
+        (
+            "mode: vip",
+            "mode: vip\nbalancerPort: 6443",
+            "ControlPlaneEndpoint.balancerPort",
+        ),
+        (
+            "mode: vip",
+            "mode: vip\nvirtualRouterID: 0",
+            "ControlPlaneEndpoint.virtualRouterID",
+        ),
+        (
+            "mode: vip",
+            "mode: vip\nadvertIntervalMilliseconds: 15",
+            "ControlPlaneEndpoint.advertIntervalMilliseconds",
+        ),
+        (
+            "mode: vip",
+            "mode: vip\nvip: 192.0.2.100",
+            "ControlPlaneEndpoint.vip",
+        ),
+        (
+            "virtualIP: 192.0.2.100",
+            "virtualIP: 192.0.2.101",
+            "ClusterConfiguration.controlPlaneEndpoint",
+        ),
+    ];
+    for (from, to, field) in cases {
+        let node = Node::new();
+        let out = kubeforge_with(&node, &ENDPOINT_DOC.replace(from, to));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{to}: {stderr}");
+        let config = node.config_path();
+        let text = std::fs::read_to_string(&config).unwrap();
+        // The line the error names holds the field (or, for an unknown variant, its value).
+        let prefix = format!("{}:", config.display());
+        let line: usize = stderr
+            .lines()
+            .find_map(|l| l.split(&prefix).nth(1))
+            .and_then(|rest| rest.split(':').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{to}: no file:line in {stderr}"));
+        let key = field.rsplit('.').next().unwrap();
+        assert!(
+            text.lines()
+                .nth(line - 1)
+                .unwrap()
+                .trim_start()
+                .starts_with(key),
+            "{to}: line {line} is not {key}: {stderr}"
+        );
+        assert!(stderr.contains(field), "{to}: {stderr}");
+        assert!(
+            !node.kubernetes_dir().exists(),
+            "{to}: something was written"
+        );
+    }
+}
+
+#[test]
+fn dry_run_init_shows_the_balancers() {
+    let node = Node::new();
+    let out = kubeforge_with(&node, ENDPOINT_DOC);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in [
+        "endpoint/haproxy.cfg",
+        "endpoint/keepalived.conf",
+        "endpoint/check-balancer.sh",
+        "manifests/kubeforge-haproxy.yaml",
+        "manifests/kubeforge-keepalived.yaml",
+    ] {
+        let path = node.kubernetes_dir().join(file);
+        assert!(
+            stdout.contains(&format!(
+                "Would write file {:?}",
+                path.display().to_string()
+            )),
+            "{file} not shown:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("[control-plane-endpoint] Writing the balancers"));
+    assert!(!node.kubernetes_dir().exists());
+}
+
+/// A process in the namespace, killed when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(mut cmd: Command) -> Running {
+    Running(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start"),
+    )
+}
+
+/// Two backends behind the rendered haproxy, in a namespace of their own: what /readyz says
+/// decides who gets the traffic, and the monitor page (keepalived's check) follows.
+struct Balanced {
+    ns: Netns,
+    dir: PathBuf,
+    _processes: Vec<Running>,
+}
+
+impl Balanced {
+    fn start(node: &Node) -> Balanced {
+        let cfg = endpoint_config(node, ENDPOINT_DOC);
+        node.run_ok(&["init", "phase", "certs", "all", "--config", &cfg]);
+        let text = std::fs::read_to_string(node.config_path()).unwrap();
+        let config = kubeforge::config::load_str(
+            &text,
+            "t.yaml",
+            &kubeforge::config::Overrides::default(),
+            &node.kubernetes_dir(),
+        )
+        .unwrap();
+        let layout = kubeforge::node::Layout::new(
+            &node.kubernetes_dir(),
+            &node.root().join("var/lib/kubelet"),
+            &node.pki(),
+            &node.root().join("var/lib/etcd"),
+        );
+        let members: Vec<kubeforge::endpoint::Member> = ["a", "b"]
+            .iter()
+            .zip(["127.0.0.1:16443", "127.0.0.1:16444"])
+            .map(|(n, a)| kubeforge::endpoint::Member {
+                name: n.to_string(),
+                address: a.into(),
+            })
+            .collect();
+        let dir = endpoint_dir(node);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut manifest = PathBuf::new();
+        for f in kubeforge::endpoint::files(&config, &layout, &members, "eth9").unwrap() {
+            std::fs::create_dir_all(f.path.parent().unwrap()).unwrap();
+            std::fs::write(&f.path, &f.contents).unwrap();
+            if f.path.ends_with("kubeforge-haproxy.yaml") {
+                manifest = f.path.clone();
+            }
+        }
+        let ns = Netns::new("10.213.1.3");
+        let mut processes = Vec::new();
+        for (name, port) in [("a", "16443"), ("b", "16444")] {
+            std::fs::write(dir.join(format!("{name}.status")), "200").unwrap();
+            let mut c = ns.cmd("python3");
+            c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/readyz_backend.py"))
+                .arg(node.pki().join("apiserver.crt"))
+                .arg(node.pki().join("apiserver.key"))
+                .args(["127.0.0.1", port])
+                .arg(dir.join(format!("{name}.status")))
+                .arg(name);
+            processes.push(spawn(c));
+        }
+        // haproxy as the manifest runs it.
+        let command = manifest_command(&manifest);
+        let mut c = ns.cmd(&command[0]);
+        c.args(&command[1..]);
+        processes.push(spawn(c));
+        Balanced {
+            ns,
+            dir,
+            _processes: processes,
+        }
+    }
+
+    fn set_ready(&self, backend: &str, status: u16) {
+        std::fs::write(
+            self.dir.join(format!("{backend}.status")),
+            status.to_string(),
+        )
+        .unwrap();
+    }
+
+    fn curl(&self, url: &str) -> String {
+        let out = self
+            .ns
+            .cmd("curl")
+            .args(["-sk", "--max-time", "2", "-w", " %{http_code}", url])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Who answers 20 requests through the balancer ("a", "b", or failures).
+    fn served_by(&self) -> Vec<String> {
+        (0..20)
+            .map(|_| self.curl("https://127.0.0.1:8443/version"))
+            .collect()
+    }
+
+    fn check_script_passes(&self) -> bool {
+        self.ns
+            .cmd("bash")
+            .arg(self.dir.join("check-balancer.sh"))
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    /// Polls until `f` holds (haproxy checks every second, fall 2 / rise 2).
+    fn until(&self, what: &str, f: impl Fn(&Balanced) -> bool) -> Duration {
+        let start = Instant::now();
+        while !f(self) {
+            assert!(start.elapsed() < Duration::from_secs(15), "never: {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        start.elapsed()
+    }
+}
+
+#[test]
+fn haproxy_takes_a_backend_failing_readyz_out() {
+    require_tool("haproxy");
+    require_tool("curl");
+    let node = Node::new();
+    let b = Balanced::start(&node);
+    b.until("both backends ready", |b| {
+        let served = b.served_by();
+        served.contains(&"a 200".to_string()) && served.contains(&"b 200".to_string())
+    });
+    assert!(b.check_script_passes());
+    assert_eq!(
+        b.curl("http://127.0.0.1:8404/healthz").rsplit(' ').next(),
+        Some("200")
+    );
+
+    b.set_ready("b", 503);
+    let took = b.until("b out of the rotation", |b| {
+        b.served_by().iter().all(|s| s == "a 200")
+    });
+    eprintln!("a backend failing /readyz left the rotation within {took:?}");
+    assert!(b.check_script_passes(), "one ready backend is enough");
+
+    b.set_ready("a", 503);
+    b.until("the monitor page says no API server is ready", |b| {
+        b.curl("http://127.0.0.1:8404/healthz").ends_with(" 503")
+    });
+    assert!(
+        !b.check_script_passes(),
+        "keepalived's check must fail with no ready backend"
+    );
+
+    b.set_ready("b", 200);
+    b.until("b back in", |b| b.served_by().iter().all(|s| s == "b 200"));
+    assert!(b.check_script_passes());
+}
