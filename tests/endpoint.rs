@@ -200,6 +200,35 @@ fn dry_run_init_shows_the_balancers() {
     }
     assert!(stdout.contains("[control-plane-endpoint] Writing the balancers"));
     assert!(!node.kubernetes_dir().exists());
+    // The document joining nodes read back: the ConfigMap upload-config would apply.
+    let dir = stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("[dryrun] Writing files into \"")
+                .and_then(|r| r.strip_suffix("\" instead of the node"))
+        })
+        .expect("dry-run names its directory");
+    let map = Path::new(dir).join("objects/upload-config/04-configmap-kubeforge-endpoint.yaml");
+    let map: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&map).unwrap()).unwrap();
+    let document = map["data"]["ControlPlaneEndpoint"].as_str().unwrap();
+    let kubeadm_docs = std::fs::read_to_string(node.config_path()).unwrap();
+    let kubeadm_docs = kubeadm_docs
+        .split("---\napiVersion: kubeforge.io")
+        .next()
+        .unwrap();
+    let load = |text: &str| {
+        kubeforge::config::load_str(text, "t", &Default::default(), &node.kubernetes_dir())
+            .unwrap()
+            .endpoint
+    };
+    let uploaded = load(&format!("{kubeadm_docs}---\n{document}"));
+    assert_eq!(
+        uploaded,
+        load(&std::fs::read_to_string(node.config_path()).unwrap())
+    );
+    assert!(uploaded.is_some());
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// A process in the namespace, killed when dropped.

@@ -95,6 +95,12 @@ impl ControlPlaneEndpoint {
     }
 }
 
+/// The document as a config file holds it (apiVersion and kind first).
+pub fn document(ep: &ControlPlaneEndpoint) -> String {
+    let head = format!("apiVersion: {API_VERSION}\nkind: {KIND}\n");
+    head + &serde_yaml::to_string(ep).expect("the document serializes")
+}
+
 /// The document's own checks, and how it must agree with the kubeadm documents.
 pub(super) fn validate(
     origin: &Origin,

@@ -202,3 +202,36 @@ pub fn interface_for(cfg: &Config) -> Result<String> {
         "no interface of this host holds the advertise address {address}; set ControlPlaneEndpoint.interface"
     )))
 }
+
+/// The control-plane nodes the cluster runs an API server on, from the kube-apiserver mirror
+/// pods' `kubeadm.kubernetes.io/kube-apiserver.advertise-address.endpoint` annotation (kubeadm's
+/// own source of API endpoints). A stopped node's mirror pod stays listed: haproxy's checks,
+/// not the list, take it out of the rotation.
+pub async fn members_from_pods(
+    client: &kube::Client,
+    limit: std::time::Duration,
+) -> Result<Vec<Member>> {
+    let pods: kube::Api<Pod> = kube::Api::namespaced(client.clone(), "kube-system");
+    let params =
+        kube::api::ListParams::default().labels("component=kube-apiserver,tier=control-plane");
+    let list = tokio::time::timeout(limit, pods.list(&params))
+        .await
+        .map_err(|_| anyhow!("listing the kube-apiserver pods took longer than {limit:?}"))??;
+    let members = list
+        .items
+        .iter()
+        .filter_map(|p| {
+            let address = p
+                .metadata
+                .annotations
+                .as_ref()?
+                .get("kubeadm.kubernetes.io/kube-apiserver.advertise-address.endpoint")?;
+            let name = p.spec.as_ref()?.node_name.clone()?;
+            Some(Member {
+                name,
+                address: address.clone(),
+            })
+        })
+        .collect();
+    Ok(members)
+}

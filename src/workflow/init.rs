@@ -366,6 +366,7 @@ fn upload_config(d: &mut InitData, step: &Step) -> Result<()> {
             json!({ "configMap": "kube-system/kubeadm-config" }),
         );
         all.extend(objects::upload_config_kubeadm(&env.cfg)?);
+        all.extend(objects::upload_config_endpoint(&env.cfg)?);
     }
     if step.children.iter().any(|c| c == "kubelet") {
         env.out.step(
