@@ -344,6 +344,22 @@ impl Balanced {
             .collect()
     }
 
+    /// Each server's state on haproxy's stats page (`/stats;csv`): (name, UP/DOWN/…).
+    fn states(&self) -> Vec<(String, String)> {
+        let csv = self.curl("http://127.0.0.1:8404/stats;csv");
+        csv.lines()
+            .filter(|l| l.starts_with("kube-apiservers,") && !l.contains(",BACKEND,"))
+            .map(|l| {
+                let fields: Vec<&str> = l.split(',').collect();
+                // pxname, svname, … status is the 18th column.
+                (
+                    fields[1].to_string(),
+                    fields[17].split(' ').next().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
     fn check_script_passes(&self) -> bool {
         self.ns
             .cmd("bash")
@@ -380,11 +396,15 @@ fn haproxy_takes_a_backend_failing_readyz_out() {
         Some("200")
     );
 
+    assert_eq!(
+        b.states(),
+        [("a".into(), "UP".into()), ("b".into(), "UP".into())]
+    );
+
     b.set_ready("b", 503);
-    let took = b.until("b out of the rotation", |b| {
-        b.served_by().iter().all(|s| s == "a 200")
-    });
-    eprintln!("a backend failing /readyz left the rotation within {took:?}");
+    let took = b.until("b marked DOWN", |b| b.states()[1].1 == "DOWN");
+    eprintln!("a backend failing /readyz was marked DOWN after {took:?}");
+    assert!(b.served_by().iter().all(|s| s == "a 200"));
     assert!(b.check_script_passes(), "one ready backend is enough");
 
     b.set_ready("a", 503);
