@@ -278,7 +278,7 @@ fn check_endpoint(n: &mut Node) {
         return;
     };
     let mut ours = false;
-    for name in crate::endpoint::POD_NAMES {
+    for (name, _) in crate::endpoint::PODS {
         let path = crate::endpoint::manifest_path(n.layout, name);
         ours |= n.is_ours(&path);
         if path.exists() && !n.is_ours(&path) {

@@ -18,10 +18,11 @@ use crate::config::Config;
 use crate::manifests::{patched_manifest, strict_handlebars, MANIFEST_MODE};
 use crate::node::{File, Layout};
 
-/// The two static pods, by manifest stem (also their patch targets).
+/// The two static pods, by manifest stem (also their pod names and patch targets).
 pub const HAPROXY: &str = "kubeforge-haproxy";
 pub const KEEPALIVED: &str = "kubeforge-keepalived";
-pub const POD_NAMES: [&str; 2] = [HAPROXY, KEEPALIVED];
+/// (manifest stem, container name) of each.
+pub const PODS: [(&str, &str); 2] = [(HAPROXY, "haproxy"), (KEEPALIVED, "keepalived")];
 
 /// A control-plane node behind the balancer: its node name and API server `host:port`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
