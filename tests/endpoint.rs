@@ -1,11 +1,13 @@
 //! The highly available endpoint (ControlPlaneEndpoint document): its files checked by the tools
 //! that will run them — Debian's haproxy (`-c`) and keepalived (`--config-test`), and
 //! kubernetes-validate --strict on the static pods — its config errors (file:line, exit 2,
-//! nothing written), and the rendered haproxy run in its own network namespace in front of two
-//! TLS backends, taking the one whose /readyz fails out of the rotation.
+//! nothing written), and the rendered haproxy and keepalived run in their own network namespace
+//! in front of two TLS backends: the one whose /readyz fails leaves the rotation, and keepalived
+//! holds the VIP exactly while haproxy has a ready backend.
 
 mod common;
 use common::*;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,13 +16,13 @@ const ENDPOINT_DOC: &str = "---
 apiVersion: kubeforge.io/v1alpha1
 kind: ControlPlaneEndpoint
 mode: vip
-virtualIP: 192.0.2.100
+virtualIP: 10.213.1.100
 interface: eth9
 ";
 
 /// The usual test config with the endpoint on (controlPlaneEndpoint the VIP and haproxy's port).
 fn endpoint_config(node: &Node, endpoint_doc: &str) -> String {
-    node.write_config("RSA-2048", "controlPlaneEndpoint: 192.0.2.100:8443\n");
+    node.write_config("RSA-2048", "controlPlaneEndpoint: 10.213.1.100:8443\n");
     let mut text = std::fs::read_to_string(node.config_path()).unwrap();
     text.push_str(endpoint_doc);
     std::fs::write(node.config_path(), &text).unwrap();
@@ -109,7 +111,7 @@ fn kubeforge_with(node: &Node, endpoint_doc: &str) -> std::process::Output {
 fn config_errors_name_file_field_and_line() {
     let cases: &[(&str, &str, &str)] = &[
         (
-            "virtualIP: 192.0.2.100",
+            "virtualIP: 10.213.1.100",
             "virtualIP: 192.0.2.300",
             "ControlPlaneEndpoint.virtualIP",
         ),
@@ -131,12 +133,12 @@ fn config_errors_name_file_field_and_line() {
         ),
         (
             "mode: vip",
-            "mode: vip\nvip: 192.0.2.100",
+            "mode: vip\nvip: 10.213.1.100",
             "ControlPlaneEndpoint.vip",
         ),
         (
-            "virtualIP: 192.0.2.100",
-            "virtualIP: 192.0.2.101",
+            "virtualIP: 10.213.1.100",
+            "virtualIP: 10.213.1.101",
             "ClusterConfiguration.controlPlaneEndpoint",
         ),
     ];
@@ -286,15 +288,18 @@ impl Balanced {
             .collect();
         let dir = endpoint_dir(node);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut manifest = PathBuf::new();
         for f in kubeforge::endpoint::files(&config, &layout, &members, "eth9").unwrap() {
             std::fs::create_dir_all(f.path.parent().unwrap()).unwrap();
             std::fs::write(&f.path, &f.contents).unwrap();
-            if f.path.ends_with("kubeforge-haproxy.yaml") {
-                manifest = f.path.clone();
-            }
+            std::fs::set_permissions(&f.path, std::fs::Permissions::from_mode(f.mode)).unwrap();
         }
         let ns = Netns::new("10.213.1.3");
+        // keepalived's link: a veth with an address on the VIP's subnet.
+        ns.add_veth("eth9");
+        tool_ok(
+            "ip",
+            &["-n", &ns.0, "addr", "add", "10.213.1.1/24", "dev", "eth9"],
+        );
         let mut processes = Vec::new();
         for (name, port) in [("a", "16443"), ("b", "16444")] {
             std::fs::write(dir.join(format!("{name}.status")), "200").unwrap();
@@ -307,10 +312,23 @@ impl Balanced {
                 .arg(name);
             processes.push(spawn(c));
         }
-        // haproxy as the manifest runs it.
-        let command = manifest_command(&manifest);
+        // haproxy and keepalived as their manifests run them (keepalived's pid files kept out of
+        // the host's /run).
+        let manifests = node.kubernetes_dir().join("manifests");
+        let command = manifest_command(&manifests.join("kubeforge-haproxy.yaml"));
         let mut c = ns.cmd(&command[0]);
         c.args(&command[1..]);
+        processes.push(spawn(c));
+        let command = manifest_command(&manifests.join("kubeforge-keepalived.yaml"));
+        let mut c = ns.cmd(&command[0]);
+        c.args(&command[1..]);
+        for (flag, file) in [
+            ("-p", "keepalived.pid"),
+            ("-r", "vrrp.pid"),
+            ("-c", "checkers.pid"),
+        ] {
+            c.arg(flag).arg(dir.join(file));
+        }
         processes.push(spawn(c));
         Balanced {
             ns,
@@ -360,6 +378,15 @@ impl Balanced {
             .collect()
     }
 
+    /// Whether keepalived put the VIP on eth9.
+    fn holds_vip(&self) -> bool {
+        tool_ok(
+            "ip",
+            &["-n", &self.ns.0, "-o", "-4", "addr", "show", "dev", "eth9"],
+        )
+        .contains(" 10.213.1.100/32 ")
+    }
+
     fn check_script_passes(&self) -> bool {
         self.ns
             .cmd("bash")
@@ -381,8 +408,9 @@ impl Balanced {
 }
 
 #[test]
-fn haproxy_takes_a_backend_failing_readyz_out() {
+fn haproxy_takes_a_backend_failing_readyz_out_and_keepalived_follows() {
     require_tool("haproxy");
+    require_tool("keepalived");
     require_tool("curl");
     let node = Node::new();
     let b = Balanced::start(&node);
@@ -395,6 +423,9 @@ fn haproxy_takes_a_backend_failing_readyz_out() {
         b.curl("http://127.0.0.1:8404/healthz").rsplit(' ').next(),
         Some("200")
     );
+    // keepalived: BACKUP, no master heard for 3 × 0.5 s + skew, MASTER: the VIP is on eth9.
+    let took = b.until("keepalived takes the VIP", Balanced::holds_vip);
+    eprintln!("keepalived held the VIP {took:?} after both backends were ready");
 
     assert_eq!(
         b.states(),
@@ -415,8 +446,11 @@ fn haproxy_takes_a_backend_failing_readyz_out() {
         !b.check_script_passes(),
         "keepalived's check must fail with no ready backend"
     );
+    let took = b.until("keepalived gives the VIP up (FAULT)", |b| !b.holds_vip());
+    eprintln!("keepalived released the VIP {took:?} after the monitor page said 503");
 
     b.set_ready("b", 200);
     b.until("b back in", |b| b.served_by().iter().all(|s| s == "b 200"));
     assert!(b.check_script_passes());
+    b.until("keepalived takes the VIP again", Balanced::holds_vip);
 }

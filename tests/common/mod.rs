@@ -400,8 +400,8 @@ impl Netns {
         ]);
         Netns(name)
     }
-    /// A veth interface `name` inside, up (its peer stays inside too): a non-loopback link for
-    /// tools that refuse loopback (keepalived).
+    /// A veth interface `name` inside, up, with its peer inside and up too (so the link has a
+    /// carrier): a non-loopback link for tools that refuse loopback (keepalived).
     pub fn add_veth(&self, name: &str) {
         let peer = format!("{name}p");
         tool_ok(
@@ -410,7 +410,9 @@ impl Netns {
                 "-n", &self.0, "link", "add", name, "type", "veth", "peer", "name", &peer,
             ],
         );
-        tool_ok("ip", &["-n", &self.0, "link", "set", name, "up"]);
+        for link in [name, peer.as_str()] {
+            tool_ok("ip", &["-n", &self.0, "link", "set", link, "up"]);
+        }
     }
     pub fn cmd(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
@@ -426,7 +428,7 @@ impl Drop for Netns {
             .output()
             .map(|o| {
                 for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    let _ = Command::new("kill").arg(pid).status();
+                    let _ = Command::new("kill").arg(pid).output();
                 }
             });
         let _ = Command::new("ip")
