@@ -261,7 +261,19 @@ struct Balanced {
 }
 
 impl Balanced {
+    /// In a namespace of its own with a veth `eth9` for keepalived.
     fn start(node: &Node) -> Balanced {
+        let ns = Netns::new("10.213.1.3");
+        ns.add_veth("eth9");
+        tool_ok(
+            "ip",
+            &["-n", &ns.0, "addr", "add", "10.213.1.1/24", "dev", "eth9"],
+        );
+        Balanced::start_in(node, ns)
+    }
+
+    /// The certificates and the balancers' files of `node`, backends a and b behind haproxy.
+    fn render(node: &Node) -> PathBuf {
         let cfg = endpoint_config(node, ENDPOINT_DOC);
         node.run_ok(&["init", "phase", "certs", "all", "--config", &cfg]);
         let text = std::fs::read_to_string(node.config_path()).unwrap();
@@ -293,13 +305,12 @@ impl Balanced {
             std::fs::write(&f.path, &f.contents).unwrap();
             std::fs::set_permissions(&f.path, std::fs::Permissions::from_mode(f.mode)).unwrap();
         }
-        let ns = Netns::new("10.213.1.3");
-        // keepalived's link: a veth with an address on the VIP's subnet.
-        ns.add_veth("eth9");
-        tool_ok(
-            "ip",
-            &["-n", &ns.0, "addr", "add", "10.213.1.1/24", "dev", "eth9"],
-        );
+        dir
+    }
+
+    /// `node`'s backends, haproxy and keepalived started in `ns` (which has keepalived's link).
+    fn start_in(node: &Node, ns: Netns) -> Balanced {
+        let dir = Balanced::render(node);
         let mut processes = Vec::new();
         for (name, port) in [("a", "16443"), ("b", "16444")] {
             std::fs::write(dir.join(format!("{name}.status")), "200").unwrap();
@@ -378,6 +389,17 @@ impl Balanced {
             .collect()
     }
 
+    /// The machine stopped hard: its link down first (no VRRP goodbye gets out), then every
+    /// process in its namespace SIGKILLed — keepalived's VRRP child too, which a signal to its
+    /// parent alone would let leave gracefully.
+    fn stop_hard(&mut self) {
+        tool_ok("ip", &["-n", &self.ns.0, "link", "set", "eth9", "down"]);
+        for pid in tool_ok("ip", &["netns", "pids", &self.ns.0]).split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", pid]).output();
+        }
+        self._processes.clear();
+    }
+
     /// Whether keepalived put the VIP on eth9.
     fn holds_vip(&self) -> bool {
         tool_ok(
@@ -453,4 +475,53 @@ fn haproxy_takes_a_backend_failing_readyz_out_and_keepalived_follows() {
     b.until("b back in", |b| b.served_by().iter().all(|s| s == "b 200"));
     assert!(b.check_script_passes());
     b.until("keepalived takes the VIP again", Balanced::holds_vip);
+}
+
+/// Two balancer nodes on one segment (a bridge in a third namespace, the "switch"), each with
+/// its own backends: one holds the VIP, the other takes it over when the holder is stopped hard —
+/// VRRP between two real keepalived, as kubeforge configured them.
+#[test]
+fn a_backup_keepalived_takes_the_vip_when_the_holder_dies() {
+    require_tool("haproxy");
+    require_tool("keepalived");
+    let (node_a, node_b) = (Node::new(), Node::new());
+    let switch = Netns::new("10.213.2.10");
+    let (ns_a, ns_b) = (Netns::new("10.213.2.11"), Netns::new("10.213.2.12"));
+    let ip = |args: &[&str]| tool_ok("ip", args);
+    ip(&["-n", &switch.0, "link", "add", "br0", "type", "bridge"]);
+    ip(&["-n", &switch.0, "link", "set", "br0", "up"]);
+    for (ns, port, address) in [
+        (&ns_a, "port-a", "10.213.2.1/24"),
+        (&ns_b, "port-b", "10.213.2.2/24"),
+    ] {
+        ip(&[
+            "-n", &switch.0, "link", "add", port, "type", "veth", "peer", "name", "eth9", "netns",
+            &ns.0,
+        ]);
+        ip(&["-n", &switch.0, "link", "set", port, "master", "br0", "up"]);
+        ip(&["-n", &ns.0, "addr", "add", address, "dev", "eth9"]);
+        ip(&["-n", &ns.0, "link", "set", "eth9", "up"]);
+    }
+    let mut a = Balanced::start_in(&node_a, ns_a);
+    let mut b = Balanced::start_in(&node_b, ns_b);
+    let one_holder = |a: &Balanced, b: &Balanced| a.holds_vip() != b.holds_vip();
+    let start = Instant::now();
+    while !one_holder(&a, &b) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no single VIP holder"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Settled: still exactly one holder a few advertisements later.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(one_holder(&a, &b), "both or neither hold the VIP");
+    let (holder, backup) = if a.holds_vip() {
+        (&mut a, &b)
+    } else {
+        (&mut b, &a)
+    };
+    holder.stop_hard();
+    let took = backup.until("the backup takes the VIP", Balanced::holds_vip);
+    eprintln!("the backup keepalived held the VIP {took:?} after the holder was stopped hard");
 }
