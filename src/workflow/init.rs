@@ -297,8 +297,28 @@ fn write_manifest(d: &mut InitData, step: &Step) -> Result<()> {
 }
 
 fn write_endpoint(d: &mut InitData, step: &Step) -> Result<()> {
-    let members = [crate::endpoint::Member::local(&d.env.cfg)];
+    let mut members = vec![crate::endpoint::Member::local(&d.env.cfg)];
+    members.extend(running_members(&d.env));
     write_endpoint_files(&mut d.env, step.name, &members)
+}
+
+/// The control-plane nodes of a cluster this node already serves (this phase re-run to take in
+/// nodes that joined since), from the mirror pods its own API server lists; none at a first
+/// init, when nothing answers yet.
+fn running_members(env: &Env) -> Vec<crate::endpoint::Member> {
+    let admin = env.layout.kubeconfig("admin.conf");
+    if !admin.exists() {
+        return Vec::new();
+    }
+    let server = env.cfg.local_endpoint_url();
+    let listed = crate::block_on(async {
+        let client = crate::kube::local_client(&admin, &server).await?;
+        crate::endpoint::members_from_pods(&client, std::time::Duration::from_secs(5)).await
+    });
+    listed.unwrap_or_else(|e| {
+        tracing::info!("no running control plane to list the balancer's members from: {e:#}");
+        Vec::new()
+    })
 }
 
 /// The balancers' configuration and static pods for `members` (this node among them).
