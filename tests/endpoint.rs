@@ -69,6 +69,13 @@ fn rendered_files_pass_haproxy_keepalived_and_kubernetes_validate() {
     let before = node.snapshot();
     node.run_ok(&["init", "phase", "control-plane-endpoint", "--config", &cfg]);
     assert_eq!(before, node.snapshot());
+    // They are journaled: reset removes them with the rest.
+    node.run_ok(&["reset", "--force"]);
+    assert!(!dir.exists());
+    assert!(!node
+        .kubernetes_dir()
+        .join("manifests/kubeforge-haproxy.yaml")
+        .exists());
 }
 
 #[test]
