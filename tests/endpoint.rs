@@ -108,6 +108,18 @@ fn keepalived_rejects_what_kubeforge_would_reject() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// Where a dry-run wrote its files, from its first line.
+fn dry_run_dir(stdout: &str) -> PathBuf {
+    stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("[dryrun] Writing files into \"")
+                .and_then(|r| r.strip_suffix("\" instead of the node"))
+        })
+        .map(PathBuf::from)
+        .expect("dry-run names its directory")
+}
+
 /// `init --dry-run` on `endpoint_doc`.
 fn kubeforge_with(node: &Node, endpoint_doc: &str) -> std::process::Output {
     let cfg = endpoint_config(node, endpoint_doc);
@@ -210,14 +222,8 @@ fn dry_run_init_shows_the_balancers() {
     assert!(stdout.contains("[control-plane-endpoint] Writing the balancers"));
     assert!(!node.kubernetes_dir().exists());
     // The document joining nodes read back: the ConfigMap upload-config would apply.
-    let dir = stdout
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("[dryrun] Writing files into \"")
-                .and_then(|r| r.strip_suffix("\" instead of the node"))
-        })
-        .expect("dry-run names its directory");
-    let map = Path::new(dir).join("objects/upload-config/04-configmap-kubeforge-endpoint.yaml");
+    let dir = dry_run_dir(&stdout);
+    let map = dir.join("objects/upload-config/04-configmap-kubeforge-endpoint.yaml");
     let map: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(&map).unwrap()).unwrap();
     let document = map["data"]["ControlPlaneEndpoint"].as_str().unwrap();
@@ -531,4 +537,87 @@ fn a_backup_keepalived_takes_the_vip_when_the_holder_dies() {
     holder.stop_hard();
     let took = backup.until("the backup takes the VIP", Balanced::holds_vip);
     eprintln!("the backup keepalived held the VIP {took:?} after the holder was stopped hard");
+}
+
+/// A containerd of the test's own (root, state and socket in a temp dir; the host's untouched).
+struct Containerd {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        require_tool("containerd");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n[grpc]\n  address = \"{d}/containerd.sock\"\n[ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_tcp_service = true\n  stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let socket = dir.path().join("containerd.sock");
+        let start = Instant::now();
+        while !socket.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "containerd did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Containerd {
+            child,
+            socket,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn preflight_names_a_missing_balancer_image() {
+    let containerd = Containerd::start();
+    let node = Node::new();
+    let cfg = endpoint_config(&node, ENDPOINT_DOC);
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "nodeRegistration:\n",
+        &format!(
+            "nodeRegistration:\n  criSocket: unix://{}\n",
+            containerd.socket.display()
+        ),
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    // A dry-run reports every finding as a warning and pulls nothing.
+    let out = node.run(&["init", "--dry-run", "--config", &cfg]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for image in [
+        "kubeforge.local/haproxy:2.6.12",
+        "kubeforge.local/keepalived:2.2.7",
+    ] {
+        assert!(
+            stdout.contains(&format!(
+                "[WARNING ImagePull]: image {image} is not on the node"
+            )),
+            "{stdout}"
+        );
+    }
+    let dir = dry_run_dir(&stdout);
+    std::fs::remove_dir_all(dir).unwrap();
 }
