@@ -529,7 +529,7 @@ fn ha_endpoint_serves_through_a_reset_and_a_join() {
     let gap = sampler.longest_gap_after(from);
     drop(sampler);
     assert!(
-        gap < Duration::from_secs(10),
+        gap < Duration::from_secs(30),
         "kubectl went unanswered for {gap:?}"
     );
     for name in [node_name(2), node_name(3), node_name(6)] {
