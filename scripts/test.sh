@@ -6,7 +6,8 @@
 #
 # Tools: openssl, Debian's etcd/etcdctl (etcd-server, etcd-client), protoc and its well-known
 # types (protobuf-compiler, libprotobuf-dev: the CRI API crate k8s-cri and etcd-client), ip (iproute2), curl, shellcheck (the vagrant/ lab), kubectl, kubernetes-validate and cryptography
-# (PyPI); docker-registry, skopeo, containerd and runc (tests/images.rs, as root).
+# (PyPI); docker-registry, skopeo, containerd and runc (tests/images.rs, as root); haproxy and
+# keepalived (the HA endpoint's files, checked by them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +43,9 @@ need skopeo skopeo
 need containerd containerd
 need runc runc
 need tar tar
+# the HA endpoint's balancers, to check their rendered configuration (never left running)
+need haproxy haproxy
+need keepalived keepalived
 command -v python3 >/dev/null || apt_packages+=(python3)
 if ! python3 -m pip --version >/dev/null 2>&1; then
     apt_packages+=(python3-pip)
@@ -51,6 +55,13 @@ if [ "${#apt_packages[@]}" -gt 0 ]; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         "${apt_packages[@]}" >/dev/null
+    # The tests run these themselves (in network namespaces, or on their own socket); no host
+    # daemon of ours (Debian's postinst starts one where systemd runs).
+    for daemon in haproxy keepalived containerd; do
+        if [[ " ${apt_packages[*]} " == *" $daemon "* ]] && command -v systemctl >/dev/null; then
+            as_root systemctl disable --now "$daemon" >/dev/null 2>&1 || true
+        fi
+    done
 fi
 
 # --- PyPI packages --------------------------------------------------------------------------
@@ -100,7 +111,7 @@ fi
 export KUBEFORGE_KUBECTL
 
 hash -r
-for tool in openssl etcd etcdctl protoc ip curl docker-registry skopeo containerd ctr kubernetes-validate "$KUBEFORGE_KUBECTL"; do
+for tool in openssl etcd etcdctl protoc ip curl docker-registry skopeo containerd ctr haproxy keepalived kubernetes-validate "$KUBEFORGE_KUBECTL"; do
     command -v "$tool" >/dev/null || {
         echo "error: $tool is still missing after installation" >&2
         exit 1
@@ -117,6 +128,8 @@ echo "tools: openssl $(openssl version | cut -d' ' -f2)," \
     "kubernetes-validate $(kubernetes-validate --version)," \
     "shellcheck $(shellcheck --version | first_word_after 'version:')," \
     "containerd $(containerd --version | cut -d' ' -f3), skopeo $(skopeo --version | cut -d' ' -f3)," \
+    "haproxy $(haproxy -v | first_word_after 'HAProxy version')," \
+    "keepalived $(keepalived --version 2>&1 | first_word_after 'Keepalived v')," \
     "cryptography $(python3 -c 'import cryptography; print(cryptography.__version__)')"
 
 # --- Rust -----------------------------------------------------------------------------------

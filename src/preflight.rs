@@ -32,6 +32,8 @@ struct Node<'a> {
     ours: Vec<PathBuf>,
     /// A control-plane node (init, or a control-plane join); a worker runs only a kubelet.
     control_plane: bool,
+    /// A run that changes the node: a missing image is pulled.
+    pull: bool,
     found: Vec<Finding>,
 }
 
@@ -242,12 +244,13 @@ fn check_ports(n: &mut Node, local_etcd: bool) {
     }
 }
 
-fn checks(cfg: &Config, layout: &Layout, control_plane: bool) -> Vec<Finding> {
+fn checks(cfg: &Config, layout: &Layout, control_plane: bool, pull: bool) -> Vec<Finding> {
     let mut n = Node {
         cfg,
         layout,
         ours: journal_entries(layout).unwrap_or_default(),
         control_plane,
+        pull,
         found: Vec::new(),
     };
     let local_etcd = control_plane && !cfg.cluster.is_external_etcd();
@@ -263,7 +266,71 @@ fn checks(cfg: &Config, layout: &Layout, control_plane: bool) -> Vec<Finding> {
         check_etcd_data(&mut n);
     }
     check_ports(&mut n, local_etcd);
+    if control_plane && cfg.endpoint.is_some() {
+        check_endpoint(&mut n);
+    }
     n.found
+}
+
+/// The balancers' manifests, ports and images (ControlPlaneEndpoint).
+fn check_endpoint(n: &mut Node) {
+    let Some(ep) = n.cfg.endpoint.as_ref() else {
+        return;
+    };
+    let mut ours = false;
+    for (name, _) in crate::endpoint::PODS {
+        let path = crate::endpoint::manifest_path(n.layout, name);
+        ours |= n.is_ours(&path);
+        if path.exists() && !n.is_ours(&path) {
+            let message = format!(
+                "{} already exists and kubeforge did not write it",
+                path.display()
+            );
+            n.available("FileAvailable", &path, message);
+        }
+    }
+    for port in [ep.balancer_port, ep.monitor_port] {
+        if !ours && !port_free(port) {
+            n.add(
+                &format!("Port-{port}"),
+                Severity::Error,
+                format!("port {port} is in use"),
+            );
+        }
+    }
+    let socket = n.cfg.init.node_registration.cri_socket.clone();
+    let images = [ep.images.haproxy.clone(), ep.images.keepalived.clone()];
+    let pull = n.pull;
+    let missing = crate::block_on(async {
+        let mut runtime = crate::cri::Runtime::connect(&socket).await?;
+        let mut missing = Vec::new();
+        for image in images {
+            if runtime.has_image(&image).await? {
+                continue;
+            }
+            if !pull {
+                missing.push(format!("image {image} is not on the node"));
+            } else if let Err(e) = runtime.pull(&image).await {
+                missing.push(format!(
+                    "image {image} is not on the node and pulling it failed: {e:#}"
+                ));
+            }
+        }
+        Ok::<_, anyhow::Error>(missing)
+    });
+    match missing {
+        // An unreachable runtime is the CRI check's finding already.
+        Err(e) => tracing::info!("ImagePull: the container runtime did not answer: {e:#}"),
+        Ok(missing) => {
+            for m in missing {
+                n.add(
+                    "ImagePull",
+                    Severity::Error,
+                    format!("{m} (ControlPlaneEndpoint.images)"),
+                );
+            }
+        }
+    }
 }
 
 /// Runs the checks for a control-plane node or a worker. With `enforce` (a run that changes the
@@ -282,7 +349,7 @@ pub fn run(
         ));
     }
     out.step("preflight", "Running pre-flight checks", json!({}));
-    let findings = checks(cfg, layout, control_plane);
+    let findings = checks(cfg, layout, control_plane, enforce);
     report(
         out,
         "preflight",

@@ -5,7 +5,6 @@
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const COMPONENTS: [&str; 4] = [
     "etcd",
@@ -186,49 +185,6 @@ fn kubernetes_validate_accepts_every_manifest_for_every_version() {
             named,
             "{version}: probe port style"
         );
-    }
-}
-
-/// A network namespace with one address on its loopback interface: the "host" of one etcd.
-struct Netns(String);
-
-impl Netns {
-    fn new(addr: &str) -> Netns {
-        let name = format!("kf-test-{}", std::process::id());
-        let ip = |args: &[&str]| tool_ok("ip", args);
-        ip(&["netns", "add", &name]);
-        ip(&["-n", &name, "link", "set", "lo", "up"]);
-        ip(&[
-            "-n",
-            &name,
-            "addr",
-            "add",
-            &format!("{addr}/32"),
-            "dev",
-            "lo",
-        ]);
-        Netns(name)
-    }
-    fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0, program]);
-        c
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "pids", &self.0])
-            .output()
-            .map(|o| {
-                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    let _ = Command::new("kill").arg(pid).status();
-                }
-            });
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.0])
-            .status();
     }
 }
 

@@ -247,10 +247,12 @@ pub async fn discover(request: &JoinRequest) -> Result<ClusterInfo> {
 
 /// The ClusterConfiguration and the KubeletConfiguration the control plane uploaded, read with
 /// the bootstrap token (kubeadm's RBAC lets bootstrappers read both).
-pub async fn download_config(client: kube::Client) -> Result<(String, String)> {
-    let cluster = super::stored::cluster_configuration(&client).await?;
-    let kubelet = super::stored::kubelet_configuration(&client).await?;
-    Ok((cluster, kubelet))
+pub async fn download_config(client: kube::Client) -> Result<crate::config::join::StoredConfig> {
+    Ok(crate::config::join::StoredConfig {
+        cluster: super::stored::cluster_configuration(&client).await?,
+        kubelet: super::stored::kubelet_configuration(&client).await?,
+        endpoint: super::stored::endpoint_document(&client).await?,
+    })
 }
 
 /// File discovery: a kubeconfig whose cluster is trusted as given.

@@ -40,6 +40,9 @@ fn template(name: &str) -> &'static str {
         "upload-config-kubeadm" => {
             include_str!("../../templates/cluster/upload-config-kubeadm.yaml.hbs")
         }
+        "upload-config-endpoint" => {
+            include_str!("../../templates/cluster/upload-config-endpoint.yaml.hbs")
+        }
         "upload-config-kubelet" => {
             include_str!("../../templates/cluster/upload-config-kubelet.yaml.hbs")
         }
@@ -135,6 +138,18 @@ pub fn upload_config_kubeadm(cfg: &Config) -> Result<Vec<Object>> {
     render_objects(
         "upload-config-kubeadm",
         &json!({ "clusterConfiguration": cluster_configuration_yaml(cfg)? }),
+    )
+}
+
+/// kubeforge's `kube-system/kubeforge-endpoint`: the ControlPlaneEndpoint document joining
+/// nodes render their balancers from (none without one).
+pub fn upload_config_endpoint(cfg: &Config) -> Result<Vec<Object>> {
+    let Some(ep) = &cfg.endpoint else {
+        return Ok(Vec::new());
+    };
+    render_objects(
+        "upload-config-endpoint",
+        &json!({ "controlPlaneEndpoint": crate::config::endpoint::document(ep) }),
     )
 }
 

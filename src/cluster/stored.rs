@@ -22,6 +22,17 @@ pub async fn cluster_configuration(client: &kube::Client) -> Result<String> {
     read(client, "kubeadm-config", "ClusterConfiguration").await
 }
 
+/// The cluster's ControlPlaneEndpoint document (kubeforge's own), when it has one.
+pub async fn endpoint_document(client: &kube::Client) -> Result<Option<String>> {
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
+    match maps.get("kubeforge-endpoint").await {
+        Ok(map) => Ok(map.data.and_then(|mut d| d.remove("ControlPlaneEndpoint"))),
+        // Without the document there is no Role letting a bootstrap token read it either.
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 403 => Ok(None),
+        Err(e) => Err(anyhow!("reading kube-system/kubeforge-endpoint: {e}")),
+    }
+}
+
 /// The cluster's KubeletConfiguration document.
 pub async fn kubelet_configuration(client: &kube::Client) -> Result<String> {
     read(client, "kubelet-config", "kubelet").await

@@ -387,16 +387,22 @@ impl JoinRequest {
     /// its control plane uploaded them, with this node's registration.
     pub fn node_config(
         &self,
-        cluster_configuration: &str,
-        kubelet: &str,
+        stored: &StoredConfig,
         kubernetes_dir: &Path,
     ) -> anyhow::Result<Config> {
         let init = serde_yaml::to_string(&Yaml::Mapping(self.init_document()))
             .expect("a mapping serializes");
-        let text = format!("{init}---\n{cluster_configuration}\n---\n{kubelet}");
+        let mut text = format!("{init}---\n{}\n---\n{}", stored.cluster, stored.kubelet);
+        if let Some(endpoint) = stored
+            .endpoint
+            .as_ref()
+            .filter(|_| self.control_plane.is_some())
+        {
+            text.push_str(&format!("\n---\n{endpoint}"));
+        }
         let mut cfg = super::load_str(
             &text,
-            "the cluster's kube-system/kubeadm-config and kubelet-config",
+            "the cluster's kube-system/kubeadm-config, kubelet-config and kubeforge-endpoint",
             &Default::default(),
             kubernetes_dir,
         )?;
@@ -408,6 +414,14 @@ impl JoinRequest {
         cfg.init.dry_run = self.dry_run;
         Ok(cfg)
     }
+}
+
+/// The configuration documents a cluster keeps for joining nodes.
+pub struct StoredConfig {
+    pub cluster: String,
+    pub kubelet: String,
+    /// kubeforge's ControlPlaneEndpoint document, when the cluster has the balancers.
+    pub endpoint: Option<String>,
 }
 
 #[cfg(test)]

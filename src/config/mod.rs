@@ -4,6 +4,7 @@
 //! every error names the file, the field path and the line:column.
 
 mod duration;
+pub mod endpoint;
 pub mod join;
 pub mod net;
 mod overrides;
@@ -44,6 +45,8 @@ pub struct Config {
     pub kube_proxy: Option<serde_yaml::Value>,
     /// `--upload-certs`.
     pub upload_certs: bool,
+    /// kubeforge's own `ControlPlaneEndpoint` document: the balancers to run (docs/ha-endpoint.md).
+    pub endpoint: Option<endpoint::ControlPlaneEndpoint>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +108,7 @@ pub(crate) struct Origin {
     pub index: position::Index,
     pub init_doc: Option<usize>,
     pub cluster_doc: Option<usize>,
+    pub endpoint_doc: Option<usize>,
     /// Fields set by flags: dotted field path (with kind prefix) → flag name.
     pub flags: Vec<(String, &'static str)>,
 }
@@ -123,6 +127,7 @@ impl Origin {
         let (doc, rest) = match field.split_once('.') {
             Some(("InitConfiguration", rest)) => (self.init_doc, rest),
             Some(("ClusterConfiguration", rest)) => (self.cluster_doc, rest),
+            Some((endpoint::KIND, rest)) => (self.endpoint_doc, rest),
             _ => (None, field),
         };
         let pos = doc.and_then(|d| self.index.find(d, rest));
@@ -143,6 +148,7 @@ struct Documents {
     cluster: Option<ClusterConfiguration>,
     kubelet: Option<serde_yaml::Value>,
     kube_proxy: Option<serde_yaml::Value>,
+    endpoint: Option<endpoint::ControlPlaneEndpoint>,
     /// v1beta3's `timeoutForControlPlane`, which v1beta4 moved into the InitConfiguration.
     timeout_for_control_plane: Option<GoDuration>,
 }
@@ -158,6 +164,7 @@ pub fn load_str(
         index: position::Index::build(text),
         init_doc: None,
         cluster_doc: None,
+        endpoint_doc: None,
         flags: Vec::new(),
     };
     let from_file = !text.trim().is_empty() || source != "<defaults>";
@@ -179,12 +186,16 @@ pub fn load_str(
     overrides.apply(&mut origin, &mut init, &mut cluster, from_file)?;
     validate::defaults(&mut init, &mut cluster, kubernetes_dir);
     validate::validate(&origin, &init, &cluster)?;
+    if let Some(ep) = &docs.endpoint {
+        endpoint::validate(&origin, ep, &init, &cluster)?;
+    }
     Ok(Config {
         init,
         cluster,
         kubelet: docs.kubelet,
         kube_proxy: docs.kube_proxy,
         upload_certs: overrides.upload_certs,
+        endpoint: docs.endpoint,
     })
 }
 
@@ -249,18 +260,33 @@ fn read_document(
         (KUBE_PROXY_V1ALPHA1, "KubeProxyConfiguration") => {
             docs.kube_proxy = Some(serde_yaml::Value::Mapping(map));
         }
+        (endpoint::API_VERSION, endpoint::KIND) => {
+            if docs.endpoint.is_some() {
+                return Err(doc_error(origin, doc, "more than one ControlPlaneEndpoint"));
+            }
+            map.remove("apiVersion");
+            map.remove("kind");
+            origin.endpoint_doc = Some(doc);
+            docs.endpoint = Some(typed(origin, doc, endpoint::KIND, map)?);
+        }
         (av, k) => return Err(unknown_kind(origin, doc, av, k)),
     }
     Ok(())
 }
 
 fn unknown_kind(origin: &Origin, doc: usize, api_version: &str, kind: &str) -> ConfigError {
-    let known = [V1BETA4, V1BETA3, KUBELET_V1BETA1, KUBE_PROXY_V1ALPHA1];
+    let known = [
+        V1BETA4,
+        V1BETA3,
+        KUBELET_V1BETA1,
+        KUBE_PROXY_V1ALPHA1,
+        endpoint::API_VERSION,
+    ];
     let message = if known.contains(&api_version) {
         format!("unknown kind {kind:?} for apiVersion {api_version}")
     } else {
         format!(
-            "unsupported apiVersion {api_version:?} (kind {kind}); use kubeadm.k8s.io/v1beta4 or v1beta3, kubelet.config.k8s.io/v1beta1, kubeproxy.config.k8s.io/v1alpha1"
+            "unsupported apiVersion {api_version:?} (kind {kind}); use kubeadm.k8s.io/v1beta4 or v1beta3, kubelet.config.k8s.io/v1beta1, kubeproxy.config.k8s.io/v1alpha1, kubeforge.io/v1alpha1"
         )
     };
     let pos = origin.index.find(doc, "apiVersion");

@@ -153,6 +153,7 @@ pub fn parse(text: &str, file: &str) -> Result<UpgradeConfiguration, ConfigError
         index: position::Index::build(text),
         init_doc: None,
         cluster_doc: None,
+        endpoint_doc: None,
         flags: Vec::new(),
     };
     let mut found = None;

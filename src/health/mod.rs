@@ -37,7 +37,8 @@ const LOG_LINES: usize = 20;
 
 /// One static pod to wait for, as its manifest on disk describes it.
 pub struct Component {
-    component: manifests::Component,
+    /// The container's name (a control-plane component's, or a balancer's).
+    name: &'static str,
     pod: String,
     image: String,
     /// `None` for etcd, which kubeadm checks only through the API server.
@@ -49,8 +50,21 @@ pub struct Component {
 }
 
 impl Component {
+    fn new(name: &'static str, pod: String, image: String, health: Option<Health>) -> Component {
+        Component {
+            name,
+            pod,
+            image,
+            health,
+            healthy: None,
+            ready: None,
+            container: None,
+            state: "waiting for the kubelet".into(),
+        }
+    }
+
     fn name(&self) -> &'static str {
-        self.component.name()
+        self.name
     }
 }
 
@@ -91,16 +105,23 @@ fn components(layout: &Layout, node: &str) -> Result<Vec<Component>> {
                 }
             }
         });
-        found.push(Component {
-            component,
-            pod: format!("{}-{node}", component.name()),
-            image: container.image.unwrap_or_default(),
+        found.push(Component::new(
+            component.name(),
+            format!("{}-{node}", component.name()),
+            container.image.unwrap_or_default(),
             health,
-            healthy: None,
-            ready: None,
-            container: None,
-            state: "waiting for the kubelet".into(),
-        });
+        ));
+    }
+    // The HA endpoint's balancers: their mirror pods Ready (no health endpoint of their own).
+    for (stem, name) in crate::endpoint::PODS {
+        let path = crate::endpoint::manifest_path(layout, stem);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let container = first_container(&text)
+            .with_context(|| format!("reading the manifest {}", path.display()))?;
+        let image = container.image.unwrap_or_default();
+        found.push(Component::new(name, format!("{stem}-{node}"), image, None));
     }
     if found.is_empty() {
         bail!(
@@ -516,20 +537,19 @@ fn report(out: &Output, failing: &[&Component], timed_out: Option<Duration>, log
             state: "not started".into(),
             ..Default::default()
         });
-        report_failure(out, c.component, &c.pod, facts, timed_out, log_dir);
+        report_failure(out, c.name, &c.pod, facts, timed_out, log_dir);
     }
 }
 
 /// One component that will not come up: its container, the end of its log, the probable cause.
 fn report_failure(
     out: &Output,
-    component: manifests::Component,
+    name: &str,
     pod: &str,
     facts: Container,
     timed_out: Option<Duration>,
     log_dir: &Path,
 ) {
-    let name = component.name();
     let tail = logs::tail(log_dir, pod, name, LOG_LINES);
     let log = tail.as_ref().map(|t| t.1.clone()).unwrap_or_default();
     let cause = diagnose::diagnose(&facts, &log).map_or_else(

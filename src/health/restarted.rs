@@ -142,7 +142,7 @@ pub async fn wait_restarted(
         if certain || timed_out {
             report_failure(
                 out,
-                component,
+                component.name(),
                 &pod,
                 facts,
                 timed_out.then_some(limit),

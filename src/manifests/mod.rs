@@ -201,9 +201,7 @@ pub fn etcd_restore_pod(
     snapshot_dir: &Path,
     restore_dir: &Path,
 ) -> Result<String> {
-    let mut hb = Handlebars::new();
-    hb.set_strict_mode(true);
-    hb.register_escape_fn(handlebars::no_escape);
+    let hb = strict_handlebars();
     let quoted: Vec<String> = command
         .iter()
         .map(|a| serde_json::to_string(a).expect("a string"))
@@ -219,6 +217,28 @@ pub fn etcd_restore_pod(
         }),
     )?;
     let pod: Pod = serde_yaml::from_str(&text).context("the etcd restore pod template")?;
+    Ok(serialize(&pod))
+}
+
+/// Handlebars as every template here runs: strict (a missing value is an error), no escaping.
+pub fn strict_handlebars() -> Handlebars<'static> {
+    let mut hb = Handlebars::new();
+    hb.set_strict_mode(true);
+    hb.register_escape_fn(handlebars::no_escape);
+    hb
+}
+
+/// A static pod with the config's patches for `name` applied, as the bytes to write.
+pub fn patched_manifest(cfg: &Config, name: &str, mut pod: Pod) -> Result<String> {
+    let value = serde_json::to_value(&pod).expect("a Pod serializes");
+    let patched = patches::for_target(cfg, name, value.clone())?;
+    if patched != value {
+        pod = serde_json::from_value(patched).map_err(|e| {
+            crate::BadInput(format!(
+                "after the patches for {name}, the manifest is not a valid Pod: {e}"
+            ))
+        })?;
+    }
     Ok(serialize(&pod))
 }
 
@@ -263,25 +283,13 @@ impl Renderer<'_> {
     /// Template + data → Pod, completed with the operator's extras and patches → YAML.
     fn finish(&self, component: Component, data: &Value) -> Result<String> {
         let name = component.name();
-        let mut hb = Handlebars::new();
-        hb.set_strict_mode(true);
-        hb.register_escape_fn(handlebars::no_escape);
-        let text = hb
+        let text = strict_handlebars()
             .render_template(&self.template(component)?, data)
             .with_context(|| format!("rendering the {name} template"))?;
         let mut pod: Pod = serde_yaml::from_str(&text)
             .with_context(|| format!("the rendered {name} manifest is not a valid Pod"))?;
         complete(self.cfg, component, &mut pod)?;
-        let value = serde_json::to_value(&pod).expect("a Pod serializes");
-        let patched = patches::for_target(self.cfg, name, value.clone())?;
-        if patched != value {
-            pod = serde_json::from_value(patched).map_err(|e| {
-                crate::BadInput(format!(
-                    "after the patches for {name}, the manifest is not a valid Pod: {e}"
-                ))
-            })?;
-        }
-        Ok(serialize(&pod))
+        patched_manifest(self.cfg, name, pod)
     }
 
     /// The probe settings of a component serving on `host:port`.

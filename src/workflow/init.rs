@@ -76,6 +76,15 @@ pub fn phases() -> Vec<Phase<InitData>> {
         )
         .run(prepare_control_plane)
         .children(control_plane_phases()),
+        Phase::new(
+            "control-plane-endpoint",
+            "Generate the static Pod manifests of the highly available endpoint (haproxy, keepalived)",
+        )
+        .run_if_noted(
+            |d: &InitData| d.env.cfg.endpoint.is_some(),
+            "No ControlPlaneEndpoint document: skipping the balancers",
+        )
+        .run(write_endpoint),
         Phase::new("kubelet-start", "Write kubelet settings and (re)start the kubelet").run(kubelet_start),
         Phase::new("wait-control-plane", "Wait for the control plane to start").run(wait_control_plane),
         Phase::new("upload-config", "Upload the kubeadm and kubelet configuration to a ConfigMap")
@@ -298,6 +307,57 @@ fn write_manifest(d: &mut InitData, step: &Step) -> Result<()> {
     write_component(&mut d.env, phase, component_of(step))
 }
 
+fn write_endpoint(d: &mut InitData, step: &Step) -> Result<()> {
+    let mut members = vec![crate::endpoint::Member::local(&d.env.cfg)];
+    members.extend(running_members(&d.env));
+    write_endpoint_files(&mut d.env, step.name, &members)
+}
+
+/// The control-plane nodes of a cluster this node already serves (this phase re-run to take in
+/// nodes that joined since), from the mirror pods its own API server lists; none at a first
+/// init, when nothing answers yet.
+fn running_members(env: &Env) -> Vec<crate::endpoint::Member> {
+    let admin = env.layout.kubeconfig("admin.conf");
+    if !admin.exists() {
+        return Vec::new();
+    }
+    let server = env.cfg.local_endpoint_url();
+    let listed = crate::block_on(async {
+        let client = crate::kube::local_client(&admin, &server).await?;
+        crate::endpoint::members_from_pods(&client, std::time::Duration::from_secs(5)).await
+    });
+    listed.unwrap_or_else(|e| {
+        tracing::info!("no running control plane to list the balancer's members from: {e:#}");
+        Vec::new()
+    })
+}
+
+/// The balancers' configuration and static pods for `members` (this node among them).
+pub(super) fn write_endpoint_files(
+    env: &mut Env,
+    phase: &str,
+    members: &[crate::endpoint::Member],
+) -> Result<()> {
+    let interface = crate::endpoint::interface_for(&env.cfg)?;
+    let files = crate::endpoint::files(&env.cfg, &env.layout, members, &interface)?;
+    let dir = crate::endpoint::config_dir(&env.layout);
+    env.writer.ensure_dir(&dir, 0o755)?;
+    env.writer
+        .ensure_dir(&env.layout.manifests_dir.clone(), 0o700)?;
+    let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+    env.out.step(
+        phase,
+        &format!(
+            "Writing the balancers (haproxy, keepalived) for {} control-plane node(s): {}",
+            members.len(),
+            names.join(", ")
+        ),
+        json!({ "configDir": dir, "members": names, "interface": interface }),
+    );
+    env.write_all(phase, &files)?;
+    Ok(())
+}
+
 /// The kubelet's files, then the kubelet (re)started.
 pub(super) fn write_kubelet_files_and_start(env: &mut Env) -> Result<()> {
     let dir = env.layout.kubelet_dir.clone();
@@ -337,6 +397,7 @@ fn upload_config(d: &mut InitData, step: &Step) -> Result<()> {
             json!({ "configMap": "kube-system/kubeadm-config" }),
         );
         all.extend(objects::upload_config_kubeadm(&env.cfg)?);
+        all.extend(objects::upload_config_endpoint(&env.cfg)?);
     }
     if step.children.iter().any(|c| c == "kubelet") {
         env.out.step(

@@ -49,6 +49,9 @@ pub fn phases() -> Vec<Phase<JoinData>> {
                 Phase::new("certs", "Generate the certificates for the new control plane components").run(certs),
                 Phase::new("kubeconfig", "Generate the kubeconfig for the new control plane components").run(kubeconfigs),
                 Phase::new("control-plane", "Generate the manifests for the new control plane components").run(manifests),
+                Phase::new("control-plane-endpoint", "Generate the balancers (haproxy, keepalived) with every control-plane node behind them")
+                    .run_if_noted(|d: &JoinData| d.env.cfg.endpoint.is_some(), "The cluster has no ControlPlaneEndpoint: skipping the balancers")
+                    .run(endpoint),
             ]),
         Phase::new("kubelet-start", "Write kubelet settings, certificates and (re)start the kubelet").run(kubelet_start),
         Phase::new("etcd-join", "Add this node's etcd to the cluster as a learner, then promote it")
@@ -157,6 +160,20 @@ fn manifests(d: &mut JoinData, _: &Step) -> Result<()> {
         init::write_component(&mut d.env, "control-plane", component)?;
     }
     Ok(())
+}
+
+/// The balancers, with the API servers the cluster runs (their mirror pods, read with this
+/// node's new admin.conf) and this node behind them.
+fn endpoint(d: &mut JoinData, step: &Step) -> Result<()> {
+    let env = &mut d.env;
+    let admin = env.writer.target(&env.layout.kubeconfig("admin.conf"));
+    let limit = env.cfg.init.timeouts.kubernetes_api_call.0;
+    let mut members = crate::block_on(async {
+        let client = crate::kube::client(&admin, None).await?;
+        crate::endpoint::members_from_pods(&client, limit).await
+    })?;
+    members.push(crate::endpoint::Member::local(&env.cfg));
+    init::write_endpoint_files(env, step.name, &members)
 }
 
 fn kubelet_start(d: &mut JoinData, _: &Step) -> Result<()> {
@@ -383,12 +400,12 @@ pub fn run(
 ) -> Result<()> {
     let cluster = crate::block_on(discovery::discover(&request))?;
     tracing::info!("discovered the cluster at {}", cluster.server);
-    let (cluster_configuration, kubelet) = crate::block_on(async {
+    let stored = crate::block_on(async {
         let client =
             crate::kube::with_token(&cluster.server, &cluster.ca_pem, &request.token).await?;
         discovery::download_config(client).await
     })?;
-    let cfg = request.node_config(&cluster_configuration, &kubelet, kubernetes_dir)?;
+    let cfg = request.node_config(&stored, kubernetes_dir)?;
     let selection = Selection {
         skip: cfg.init.skip_phases.clone(),
         ..selection.clone()

@@ -407,3 +407,62 @@ pub fn manifest_command(manifest: &Path) -> Vec<String> {
         .map(|v| v.as_str().unwrap().to_string())
         .collect()
 }
+
+/// A network namespace with one address on its loopback interface: the "host" of one etcd.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn new(addr: &str) -> Netns {
+        static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("kf-test-{}-{n}", std::process::id());
+        let ip = |args: &[&str]| tool_ok("ip", args);
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{addr}/32"),
+            "dev",
+            "lo",
+        ]);
+        Netns(name)
+    }
+    /// A veth interface `name` inside, up, with its peer inside and up too (so the link has a
+    /// carrier): a non-loopback link for tools that refuse loopback (keepalived).
+    pub fn add_veth(&self, name: &str) {
+        let peer = format!("{name}p");
+        tool_ok(
+            "ip",
+            &[
+                "-n", &self.0, "link", "add", name, "type", "veth", "peer", "name", &peer,
+            ],
+        );
+        for link in [name, peer.as_str()] {
+            tool_ok("ip", &["-n", &self.0, "link", "set", link, "up"]);
+        }
+    }
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "pids", &self.0])
+            .output()
+            .map(|o| {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").arg(pid).output();
+                }
+            });
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}

@@ -89,6 +89,48 @@ fn snat_rule(advertise_address: &str) -> Vec<String> {
     rule.split(' ').map(String::from).collect()
 }
 
+/// `nsenter` into the namespaces `holder` keeps: the prefix of every command run on a node.
+fn wrap(holder: u32) -> Vec<String> {
+    let pid = holder.to_string();
+    ["nsenter", "-t", &pid, "-m", "-n"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// Node `index`'s own containerd, in its namespaces.
+fn spawn_containerd(host: &Host, index: u8, holder: u32) -> Child {
+    let wrap = wrap(holder);
+    let mut containerd = Command::new(&wrap[0]);
+    containerd.args(&wrap[1..]).arg("containerd");
+    if let Some(config) = std::env::var_os("KUBEFORGE_E2E_CONTAINERD_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| Some(PathBuf::from("/etc/containerd/config.toml")).filter(|p| p.exists()))
+    {
+        containerd.arg("--config").arg(config);
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(host.log_dir.join(format!("containerd-node{index}.log")))
+        .unwrap();
+    containerd
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Node `index`'s kubelet, supervised, under its own cgroup root.
+fn supervise_kubelet(host: &Host, index: u8, dir: &Path, holder: u32) -> Supervisor {
+    Supervisor::start_with(
+        &host.kubelet,
+        &dir.join("var-lib-kubelet"),
+        &wrap(holder),
+        &[format!("--cgroup-root=/{}", cgroup_root(index))],
+        host.log_dir.join(format!("kubelet-node{index}.log")),
+    )
+}
+
 impl ExtraNode {
     /// Node 2 with the images of the suite's config.
     pub fn start(host: &Host) -> ExtraNode {
@@ -179,31 +221,8 @@ impl ExtraNode {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        let pid = holder.id().to_string();
-        let wrap = ["nsenter", "-t", &pid, "-m", "-n"].map(String::from);
-
-        let mut containerd = Command::new(&wrap[0]);
-        containerd.args(&wrap[1..]).arg("containerd");
-        if let Some(config) = std::env::var_os("KUBEFORGE_E2E_CONTAINERD_CONFIG")
-            .map(PathBuf::from)
-            .or_else(|| Some(PathBuf::from("/etc/containerd/config.toml")).filter(|p| p.exists()))
-        {
-            containerd.arg("--config").arg(config);
-        }
-        let log = std::fs::File::create(host.log_dir.join(format!("containerd-node{index}.log")))
-            .unwrap();
-        let containerd = containerd
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let kubelet = Supervisor::start_with(
-            &host.kubelet,
-            &dir.path().join("var-lib-kubelet"),
-            &wrap,
-            &[format!("--cgroup-root=/{}", cgroup_root(index))],
-            host.log_dir.join(format!("kubelet-node{index}.log")),
-        );
+        let containerd = spawn_containerd(host, index, holder.id());
+        let kubelet = supervise_kubelet(host, index, dir.path(), holder.id());
         let node = ExtraNode {
             index,
             dir,
@@ -212,8 +231,14 @@ impl ExtraNode {
             kubelet,
             advertise_address: host.advertise_address.clone(),
         };
+        node.wait_containerd();
+        node.copy_images(host, more_images);
+        node
+    }
+
+    fn wait_containerd(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !node
+        while !self
             .command("ctr")
             .arg("version")
             .output()
@@ -223,12 +248,54 @@ impl ExtraNode {
         {
             assert!(
                 Instant::now() < deadline,
-                "node {index}'s containerd did not answer"
+                "node {}'s containerd did not answer",
+                self.index
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        node.copy_images(host, more_images);
-        node
+    }
+
+    /// The node's network namespace, as `/proc/<pid>/ns/net` links name it.
+    pub fn net_namespace(&self) -> Option<PathBuf> {
+        std::fs::read_link(format!("/proc/{}/ns/net", self.holder.id())).ok()
+    }
+
+    /// The machine stopped hard: every process in its network namespace (the kubelet, containerd,
+    /// the shims and every host-network container: the whole control plane) killed with SIGKILL,
+    /// then its link down. Only the namespace holder stays, for `restart`.
+    pub fn stop_hard(&mut self) {
+        let net = self.net_namespace();
+        if let (Some(net), Ok(procs)) = (net, std::fs::read_dir("/proc")) {
+            for p in procs.flatten() {
+                let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                if pid as u32 != self.holder.id()
+                    && std::fs::read_link(p.path().join("ns/net")).ok().as_ref() == Some(&net)
+                {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        self.kubelet.stop();
+        let _ = self.containerd.wait();
+        ip(&["-n", &netns(self.index), "link", "set", "eth0", "down"]);
+    }
+
+    /// The machine back: its link up (and its default route, which went with it), containerd
+    /// and the kubelet started again; the kubelet restarts the static pods from their manifests.
+    pub fn restart(&mut self, host: &Host) {
+        let ns = netns(self.index);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        let _ = Command::new("ip")
+            .args(["-n", &ns, "route", "add", "default", "via", "10.78.0.254"])
+            .output();
+        self.containerd = spawn_containerd(host, self.index, self.holder.id());
+        self.wait_containerd();
+        self.kubelet = supervise_kubelet(host, self.index, self.dir.path(), self.holder.id());
     }
 
     /// `program` run on this node.
