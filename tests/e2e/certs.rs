@@ -256,3 +256,49 @@ fn a_node_whose_certificates_all_expired_comes_back_with_certs_renew_all() {
         renew.seconds, settled
     );
 }
+
+/// `certs renew all` (with its restarts) on the real node killed at random instants — a delay
+/// within a typical run, or inside a random file write — each kill on what the last one left; no
+/// file is ever half-written, and a plain run leaves every certificate with its own key and the
+/// four components Ready. Seeded: `KUBEFORGE_KILL_SEED` replays, `KUBEFORGE_KILLS` (default 3).
+#[test]
+fn certs_renew_killed_at_random_instants_is_completed_by_a_rerun() {
+    if !asked_for() {
+        return;
+    }
+    let s = Scenario::start();
+    assert_ok(&s, &init(&s, &[], &[]));
+    assert_control_plane_ready(&s);
+    let mut killer = common::kill::Killer::from_env();
+    let dirs = [std::path::PathBuf::from(KUBERNETES_DIR)];
+    // Renewing writes about 20 files; the restarts after them take most of the run's 30-60 s.
+    let typical = Duration::from_secs(40);
+    for n in 1..=common::kill::Killer::count(3) {
+        let kill = killer.instant(typical, 20);
+        let mut command = Command::new(harness::binary());
+        command.args(["certs", "renew", "all"]);
+        let killed = common::kill::run_killed(command, kill);
+        println!("kill #{n}: {kill:?}, killed: {killed}");
+        let problems = common::tree::problems(Path::new("/"), &dirs, None);
+        assert!(
+            problems.is_empty(),
+            "seed {}, kill #{n} {kill:?}: {problems:#?}",
+            killer.seed
+        );
+    }
+    let renew = kubeforge(&["certs", "renew", "all"], &[]);
+    assert!(renew.success, "seed {}: {}", killer.seed, renew.text());
+    wait_ready(&s, Duration::from_secs(90));
+    assert_control_plane_ready(&s);
+    assert_eq!(
+        common::tree::temp_files(&dirs),
+        Vec::<std::path::PathBuf>::new()
+    );
+    let pki = Path::new(KUBERNETES_DIR).join("pki");
+    assert_eq!(
+        common::tree::mismatched_pairs(&pki),
+        Vec::<std::path::PathBuf>::new(),
+        "seed {}",
+        killer.seed
+    );
+}
