@@ -52,6 +52,12 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
 #[error("{0}")]
 pub struct BadInput(pub String);
 
+impl From<config::ConfigError> for BadInput {
+    fn from(e: config::ConfigError) -> BadInput {
+        BadInput(e.to_string())
+    }
+}
+
 /// The exit code for an error: 2 for bad input (a config error or [`BadInput`], even under
 /// added context), 1 for anything else.
 pub fn exit_code(error: &anyhow::Error) -> u8 {

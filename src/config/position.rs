@@ -24,6 +24,7 @@ impl Index {
         }
         let mut stack: Vec<Frame> = Vec::new();
         let mut doc = 0usize;
+        let mut doc_start = (1, 1);
         while let Ok((event, mark)) = parser.next_token() {
             let pos = (mark.line(), mark.col() + 1);
             // The path of the node this event starts (None when the event is a map key).
@@ -40,10 +41,10 @@ impl Index {
             };
             match event {
                 Event::StreamEnd => break,
-                Event::DocumentStart => {
-                    index.marks.insert((doc, String::new()), pos);
-                }
+                // A document's root is where its content starts, else its `---`.
+                Event::DocumentStart => doc_start = pos,
                 Event::DocumentEnd => {
+                    index.marks.entry((doc, String::new())).or_insert(doc_start);
                     doc += 1;
                     stack.clear();
                 }
@@ -51,6 +52,11 @@ impl Index {
                     let is_key = matches!(stack.last(), Some(Frame::Map { key: None, .. }));
                     if is_key {
                         if let Some(Frame::Map { path, key }) = stack.last_mut() {
+                            if path.is_empty() {
+                                // The document's root: its first key (a mapping's own mark
+                                // is after that key).
+                                index.marks.entry((doc, String::new())).or_insert(pos);
+                            }
                             index.marks.insert((doc, join(path, &value)), pos);
                             *key = Some(value);
                         }
@@ -63,7 +69,9 @@ impl Index {
                 }
                 Event::MappingStart(..) => {
                     let path = node_path(&mut stack).unwrap_or_default();
-                    index.marks.entry((doc, path.clone())).or_insert(pos);
+                    if !path.is_empty() {
+                        index.marks.entry((doc, path.clone())).or_insert(pos);
+                    }
                     stack.push(Frame::Map { path, key: None });
                 }
                 Event::SequenceStart(..) => {
@@ -79,6 +87,11 @@ impl Index {
         }
         index.documents = doc;
         index
+    }
+
+    /// The position of `path` itself, if it is in the file.
+    pub fn get(&self, doc: usize, path: &str) -> Option<(usize, usize)> {
+        self.marks.get(&(doc, path.to_string())).copied()
     }
 
     /// The position of `path`, or of its nearest ancestor that is in the file.
