@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod cri;
 pub mod etcd;
+pub mod fuzzing;
 pub mod health;
 pub mod kube;
 pub mod kubeconfig;

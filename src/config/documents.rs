@@ -125,7 +125,7 @@ pub(crate) fn split(origin: &Origin, text: &str) -> Result<Vec<Document>, Config
             _ => {
                 return Err(origin.doc_error(
                     Some(number),
-                    "",
+                    "kind",
                     "a document must be a YAML mapping with apiVersion and kind",
                 ))
             }

@@ -133,7 +133,7 @@ struct BootstrapTokenDiscovery {
     api_server_endpoint: String,
     #[serde(default)]
     ca_cert_hashes: Vec<String>,
-    #[serde(default)]
+    #[serde(default, rename = "unsafeSkipCAVerification")]
     unsafe_skip_ca_verification: bool,
 }
 
@@ -253,7 +253,7 @@ impl JoinOptions {
     /// With `--config`: the JoinConfiguration in `text` (read from `file`), each of its values
     /// checked where it is written.
     pub fn check_file(mut self, text: &str, file: &str) -> Result<JoinRequest, BadInput> {
-        let (origin, cfg) = parse(text, file)?;
+        let cfg = parse_checked(text, file)?;
         let mixed = self.mixed_with_config();
         if !mixed.is_empty() || self.endpoint.is_some() {
             return Err(BadInput(format!(
@@ -261,7 +261,6 @@ impl JoinOptions {
                 mixed.join(", --")
             )));
         }
-        check_values(&origin, &cfg)?;
         self.fill_from(&cfg);
         let timeout = cfg
             .timeouts
@@ -342,6 +341,17 @@ impl JoinOptions {
         };
         Ok(Discovery::Token { endpoint, trust })
     }
+}
+
+/// A JoinConfiguration file's text read and its values checked, as `join --config` does first.
+pub fn validate(text: &str, file: &str) -> Result<(), ConfigError> {
+    parse_checked(text, file).map(drop)
+}
+
+fn parse_checked(text: &str, file: &str) -> Result<JoinConfiguration, ConfigError> {
+    let (origin, cfg) = parse(text, file)?;
+    check_values(&origin, &cfg)?;
+    Ok(cfg)
 }
 
 /// The JoinConfiguration's own values, each error at its field and line (the ones standing for

@@ -152,6 +152,7 @@ fn load_documents(
         init.timeouts.control_plane_component_health_check = t;
     }
     overrides.apply(&mut origin, &mut init, &mut cluster, from_file)?;
+    validate::paths(&origin, &cluster)?;
     validate::defaults(&mut init, &mut cluster, kubernetes_dir);
     validate::validate(&origin, &init, &cluster)?;
     Ok(Config {

@@ -86,6 +86,28 @@ pub fn defaults(
     }
 }
 
+/// kubeadm's ValidateAbsolutePath on the paths as given (before defaults, which may be relative
+/// to a relative `--kubernetes-dir`): a relative path would land wherever kubeforge is started.
+pub fn paths(origin: &Origin, cluster: &ClusterConfiguration) -> Checked {
+    let local = cluster.etcd.local.as_ref();
+    let external = cluster.etcd.external.as_ref();
+    for (field, path) in [
+        ("certificatesDir", Some(&cluster.certificates_dir)),
+        ("etcd.local.dataDir", local.map(|l| &l.data_dir)),
+        ("etcd.external.caFile", external.map(|e| &e.ca_file)),
+        ("etcd.external.certFile", external.map(|e| &e.cert_file)),
+        ("etcd.external.keyFile", external.map(|e| &e.key_file)),
+    ] {
+        if let Some(p) = path.filter(|p| !p.is_empty() && !p.starts_with('/')) {
+            return Err(origin.error(
+                &format!("ClusterConfiguration.{field}"),
+                format!("{p:?} is not an absolute path"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The IPv4 address of the interface that holds the default route (kubeadm's choice).
 fn default_route_address() -> Option<String> {
     let routes = std::fs::read_to_string("/proc/net/route").ok()?;
