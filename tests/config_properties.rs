@@ -308,6 +308,38 @@ fn the_seeds_are_valid() {
     }
 }
 
+/// The generator is not idle: of its mutants some load and many are refused, at many different
+/// fields (a generator that changed nothing would prove nothing).
+#[test]
+fn the_mutants_reach_many_fields() {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = mutant();
+    let (mut loaded, mut fields) = (0, std::collections::BTreeSet::new());
+    for _ in 0..500 {
+        let text = strategy.new_tree(&mut runner).unwrap().current();
+        let kubernetes_dir = Path::new("/etc/kubernetes");
+        let init = kubeforge::config::load_str(&text, "m", &Default::default(), kubernetes_dir);
+        let join = kubeforge::config::join::validate(&text, "m");
+        for outcome in [init.map(drop), join] {
+            match outcome {
+                Ok(()) => loaded += 1,
+                Err(e) => {
+                    fields.insert(e.field);
+                }
+            }
+        }
+    }
+    eprintln!(
+        "of 500 mutants, {loaded} loads; refusals at {} fields: {fields:?}",
+        fields.len()
+    );
+    assert!(
+        loaded >= 25 && fields.len() >= 25,
+        "{loaded} loads, fields {fields:?}"
+    );
+}
+
 proptest! {
     #![proptest_config(cases("PROPTEST_CASES", 3000))]
 
