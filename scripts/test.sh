@@ -143,3 +143,16 @@ cargo fmt --all -- --check
 cargo clippy --quiet --all-targets -- -D warnings
 cargo test --all-targets --no-fail-fast
 cargo bench --no-run --quiet
+
+# cargo test above replays fuzz/corpus and thousands of mutants of it on stable Rust (fuzz_corpus).
+# KUBEFORGE_FUZZ_SECONDS=N adds N seconds of libFuzzer per target where nightly Rust and
+# cargo-fuzz are installed (docs/testing.md).
+if [ -n "${KUBEFORGE_FUZZ_SECONDS:-}" ]; then
+    if cargo +nightly fuzz --version >/dev/null 2>&1; then
+        for target in config discovery; do
+            cargo +nightly fuzz run "$target" -- -max_total_time="$KUBEFORGE_FUZZ_SECONDS"
+        done
+    else
+        echo "KUBEFORGE_FUZZ_SECONDS: no nightly Rust with cargo-fuzz here; only the corpus replay ran"
+    fi
+fi

@@ -14,6 +14,7 @@ pub mod config;
 pub mod cri;
 pub mod endpoint;
 pub mod etcd;
+pub mod fuzzing;
 pub mod health;
 pub mod images;
 pub mod kube;
@@ -53,6 +54,12 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct BadInput(pub String);
+
+impl From<config::ConfigError> for BadInput {
+    fn from(e: config::ConfigError) -> BadInput {
+        BadInput(e.to_string())
+    }
+}
 
 /// The exit code for an error: 2 for bad input (a config error or [`BadInput`], even under
 /// added context), 1 for anything else.

@@ -45,6 +45,20 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ("unknown apiVersion", "apiVersion: kubeadm.k8s.io/v1beta9\nkind: InitConfiguration\n".into(), "apiVersion", "1:1"),
         ("unknown kind", format!("{INIT}---\napiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfig\n"), "apiVersion", "4:1"),
         ("v1beta3 with a typo", "apiVersion: kubeadm.k8s.io/v1beta3\nkind: ClusterConfiguration\napiServer:\n  extraArgs:\n    v: \"2\"\n  timeoutForControlPlane: 4m0s\n  certSAN: [a]\n".into(), "ClusterConfiguration.apiServer.certSAN", "7:3"),
+        ("empty file", String::new(), "kind", "1:1"),
+        ("only comments", "# a config\n# to come\n".into(), "kind", "1:1"),
+        ("only a document separator", "---\n".into(), "kind", "1:1"),
+        ("only kubelet configuration", "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n".into(), "kind", "1:1"),
+        ("kind twice", format!("{CLUSTER}---\n{INIT}---\n{CLUSTER}"), "kind", "8:1"),
+        ("kubelet configuration twice", format!("{INIT}---\napiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n---\napiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n"), "kind", "8:1"),
+        ("document without kind", format!("{INIT}---\napiVersion: kubeadm.k8s.io/v1beta4\nnetworking: {{}}\n"), "kind", "4:1"),
+        ("pod subnet overlapping the service subnet", c("networking:\n  serviceSubnet: 10.96.0.0/12\n  podSubnet: 10.100.0.0/16\n"), "ClusterConfiguration.networking.podSubnet", "5:3"),
+        ("pod subnet overlapping the default service subnet", c("networking:\n  podSubnet: 10.96.0.0/16\n"), "ClusterConfiguration.networking.podSubnet", "4:3"),
+        ("dual-stack pod subnet overlapping", c("networking:\n  serviceSubnet: 10.96.0.0/12,fd00:10:96::/112\n  podSubnet: 10.244.0.0/16,fd00:10:96::/64\n"), "ClusterConfiguration.networking.podSubnet", "5:3"),
+        ("duration beyond Go's", c("certificateValidityPeriod: 3000000h\n"), "ClusterConfiguration.certificateValidityPeriod", "3:1"),
+        ("bad v1beta3 control-plane timeout", "apiVersion: kubeadm.k8s.io/v1beta3\nkind: ClusterConfiguration\napiServer:\n  timeoutForControlPlane: soon\n".into(), "ClusterConfiguration.apiServer.timeoutForControlPlane", "4:3"),
+        ("relative certificatesDir", c("certificatesDir: pki\n"), "ClusterConfiguration.certificatesDir", "3:1"),
+        ("relative etcd dataDir", c("etcd:\n  local:\n    dataDir: etcd-data\n"), "ClusterConfiguration.etcd.local.dataDir", "5:5"),
         ("second document error", format!("{INIT}localAPIEndpoint:\n  advertiseAddress: 192.0.2.2\n---\n{CLUSTER}networking:\n  podSubnet: nonsense\n"), "ClusterConfiguration.networking.podSubnet", "9:3"),
     ]
 }
@@ -89,6 +103,32 @@ fn malformed_configs_exit_2_with_file_field_and_line() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The overlap names both fields and where each was given.
+#[test]
+fn an_overlap_names_both_subnets() {
+    let node = Node::new();
+    let path = node.root().join("net.yaml");
+    let text = format!(
+        "{CLUSTER}networking:\n  serviceSubnet: 10.96.0.0/12\n  podSubnet: 10.100.0.0/16\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = node.run(&["init", "--dry-run", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let expected = format!(
+        "{p}:5:3: ClusterConfiguration.networking.podSubnet: 10.100.0.0/16 overlaps ClusterConfiguration.networking.serviceSubnet 10.96.0.0/12 ({p}:4:3)",
+        p = path.display()
+    );
+    assert!(err.contains(&expected), "{err}");
+    let out = node.run(&["init", "--dry-run", "--pod-network-cidr", "10.96.0.0/16"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("flag --pod-network-cidr: ClusterConfiguration.networking.podSubnet: 10.96.0.0/16 overlaps ClusterConfiguration.networking.serviceSubnet 10.96.0.0/12 (the default)"),
+        "{err}"
+    );
 }
 
 #[test]

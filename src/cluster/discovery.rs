@@ -80,7 +80,7 @@ async fn fetch(client: &reqwest::Client, endpoint: &str, limit: Duration) -> Res
     }
 }
 
-fn http(ca_pem: Option<&str>) -> Result<reqwest::Client> {
+pub(crate) fn http(ca_pem: Option<&str>) -> Result<reqwest::Client> {
     let builder = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10));
@@ -93,7 +93,7 @@ fn http(ca_pem: Option<&str>) -> Result<reqwest::Client> {
 }
 
 /// The single cluster of a cluster-info kubeconfig.
-fn cluster_of(kubeconfig: &str, origin: &str) -> Result<ClusterInfo> {
+pub fn cluster_of(kubeconfig: &str, origin: &str) -> Result<ClusterInfo> {
     let conf = Kubeconfig::parse(kubeconfig.as_bytes())
         .map_err(|e| anyhow!("{origin}: not a kubeconfig: {e}"))?;
     let server = conf
@@ -148,6 +148,56 @@ fn check_pin(cluster: &ClusterInfo, trust: &Trust, endpoint: &str) -> Result<()>
     Ok(())
 }
 
+/// What a cluster-info ConfigMap says once read and checked (without the network).
+#[derive(Debug)]
+pub enum ClusterInfoSays {
+    /// Signed for the token, the signature verified, the CA pinned.
+    Signed {
+        kubeconfig: String,
+        cluster: ClusterInfo,
+    },
+    /// Not signed for the token (yet); `signed_at_all`: for other tokens.
+    NotSignedFor {
+        cluster: ClusterInfo,
+        signed_at_all: bool,
+    },
+}
+
+/// cluster-info as fetched from `endpoint` (the ConfigMap's JSON, Null when it was not JSON):
+/// its kubeconfig read, its CA checked against the pins and its signature for `token` verified.
+pub fn read_cluster_info(
+    config_map: &Value,
+    endpoint: &str,
+    token: &Token,
+    trust: &Trust,
+) -> Result<ClusterInfoSays> {
+    let data = config_map["data"].as_object().cloned().unwrap_or_default();
+    let kubeconfig = data
+        .get("kubeconfig")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("cluster-info from {endpoint} has no kubeconfig key"))?
+        .to_string();
+    let cluster = cluster_of(&kubeconfig, &format!("cluster-info from {endpoint}"))?;
+    check_pin(&cluster, trust, endpoint)?;
+    let key = format!("jws-kubeconfig-{}", token.id());
+    let Some(jws) = data.get(&key).and_then(Value::as_str) else {
+        let signed_at_all = data.keys().any(|k| k.starts_with("jws-kubeconfig-"));
+        return Ok(ClusterInfoSays::NotSignedFor {
+            cluster,
+            signed_at_all,
+        });
+    };
+    if !token::jws_is_valid(jws, &kubeconfig, token) {
+        bail!(DiscoveryError::BadSignature {
+            endpoint: endpoint.into()
+        });
+    }
+    Ok(ClusterInfoSays::Signed {
+        kubeconfig,
+        cluster,
+    })
+}
+
 /// kubeadm's token discovery against `endpoint` (`host:port`). A cluster-info not signed for the
 /// token yet (a join right after init, before the controller-manager's bootstrapsigner ran) is
 /// waited for, up to `limit`, when the API server — over TLS verified with the pinned CA — says
@@ -164,24 +214,17 @@ pub async fn by_token(
     let mut waiting = false;
     let (kubeconfig, cluster) = loop {
         let unverified = fetch(&insecure, endpoint, limit).await?;
-        let data = unverified["data"].as_object().cloned().unwrap_or_default();
-        let kubeconfig = data
-            .get("kubeconfig")
-            .and_then(Value::as_str)
-            .ok_or_else(|| anyhow!("cluster-info from {endpoint} has no kubeconfig key"))?
-            .to_string();
-        let cluster = cluster_of(&kubeconfig, &format!("cluster-info from {endpoint}"))?;
-        check_pin(&cluster, trust, endpoint)?;
-        let key = format!("jws-kubeconfig-{}", token.id());
-        if let Some(jws) = data.get(&key).and_then(Value::as_str) {
-            if !token::jws_is_valid(jws, &kubeconfig, token) {
-                bail!(DiscoveryError::BadSignature {
-                    endpoint: endpoint.into()
-                });
-            }
-            break (kubeconfig, cluster);
-        }
-        let signed_at_all = data.keys().any(|k| k.starts_with("jws-kubeconfig-"));
+        let (cluster, signed_at_all) = match read_cluster_info(&unverified, endpoint, token, trust)?
+        {
+            ClusterInfoSays::Signed {
+                kubeconfig,
+                cluster,
+            } => break (kubeconfig, cluster),
+            ClusterInfoSays::NotSignedFor {
+                cluster,
+                signed_at_all,
+            } => (cluster, signed_at_all),
+        };
         let unsigned = || {
             let endpoint = endpoint.to_string();
             if signed_at_all {

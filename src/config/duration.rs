@@ -49,6 +49,12 @@ impl GoDuration {
             total += value * nanos_per;
             rest = &rest[unit_len..];
         }
+        // Go's time.Duration is an int64 of nanoseconds: about 292 years at most.
+        if total.round() > i64::MAX as f64 {
+            return Err(format!(
+                "duration {s:?} is out of range (at most 2562047h47m16.854775807s)"
+            ));
+        }
         Ok(GoDuration(Duration::from_nanos(total.round() as u64)))
     }
 }
@@ -123,7 +129,16 @@ mod tests {
         }
         assert_eq!(GoDuration::parse("500ms").unwrap().to_string(), "500ms");
         assert_eq!(GoDuration::parse("1.5h").unwrap().to_string(), "1h30m0s");
-        for bad in ["", "10", "5 minutes", "-1h", "1x", "h"] {
+        for bad in [
+            "",
+            "10",
+            "5 minutes",
+            "-1h",
+            "1x",
+            "h",
+            "2562048h",
+            "1e400h",
+        ] {
             assert!(GoDuration::parse(bad).is_err(), "{bad}");
         }
     }

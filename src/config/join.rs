@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use serde_yaml::{Mapping, Value as Yaml};
 
-use super::{CertificateKey, Config, GoDuration, Token};
+use super::documents::{self, typed, Origin};
+use super::{
+    CertificateKey, Config, ConfigError, NodeRegistrationOptions, Patches, Timeouts, Token,
+};
 use crate::BadInput;
 
 /// kubeadm's v1beta4 default for `timeouts.discovery`.
@@ -79,9 +82,9 @@ pub struct JoinRequest {
 
 #[derive(Debug, Clone, Default)]
 struct FileParts {
-    node_registration: Option<Yaml>,
-    timeouts: Option<Yaml>,
-    patches: Option<Yaml>,
+    node_registration: Option<NodeRegistrationOptions>,
+    timeouts: Option<Timeouts>,
+    patches: Option<Patches>,
 }
 
 /// kubeadm's v1beta4 JoinConfiguration: discovery and the control-plane fields are kubeforge's to
@@ -90,11 +93,6 @@ struct FileParts {
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct JoinConfiguration {
-    /// Checked on the raw document before this type is read.
-    #[allow(dead_code)]
-    api_version: String,
-    #[allow(dead_code)]
-    kind: String,
     /// Accepted for kubeadm's files; the CA goes to certificatesDir/ca.crt as with kubeadm's default.
     #[serde(default)]
     #[allow(dead_code)]
@@ -102,15 +100,15 @@ struct JoinConfiguration {
     #[serde(default)]
     discovery: DiscoveryConfig,
     #[serde(default)]
-    node_registration: Option<Yaml>,
+    node_registration: Option<NodeRegistrationOptions>,
     #[serde(default)]
     control_plane: Option<JoinControlPlane>,
     #[serde(default)]
     skip_phases: Vec<String>,
     #[serde(default)]
-    patches: Option<Yaml>,
+    patches: Option<Patches>,
     #[serde(default)]
-    timeouts: Option<Yaml>,
+    timeouts: Option<Timeouts>,
     #[serde(default)]
     dry_run: bool,
 }
@@ -135,7 +133,7 @@ struct BootstrapTokenDiscovery {
     api_server_endpoint: String,
     #[serde(default)]
     ca_cert_hashes: Vec<String>,
-    #[serde(default)]
+    #[serde(default, rename = "unsafeSkipCAVerification")]
     unsafe_skip_ca_verification: bool,
 }
 
@@ -158,30 +156,39 @@ fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
 
-/// The JoinConfiguration in `path`, read (v1beta3 converted) and checked for unknown fields.
-fn read_file(path: &Path) -> Result<JoinConfiguration, BadInput> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| BadInput(format!("{file}: {e}")))?;
-    let yaml_error = |e: serde_yaml::Error| {
-        let at = e
-            .location()
-            .map_or(String::new(), |l| format!(":{}:{}", l.line(), l.column()));
-        BadInput(format!("{file}{at}: {e}"))
-    };
-    let mut map: Mapping = serde_yaml::from_str(&text).map_err(yaml_error)?;
-    let field = |k: &str| map.get(k).and_then(|v| v.as_str()).unwrap_or_default();
-    match (field("apiVersion"), field("kind")) {
-        ("kubeadm.k8s.io/v1beta4", "JoinConfiguration") => {}
-        ("kubeadm.k8s.io/v1beta3", "JoinConfiguration") => {
-            super::v1beta3::convert_join(&mut map);
-            map.insert("apiVersion".into(), "kubeadm.k8s.io/v1beta4".into());
+/// The JoinConfiguration among the documents of `text` (v1beta3 converted), typed; and where
+/// its fields are, for the errors found in them later.
+fn parse(text: &str, file: &str) -> Result<(Origin, JoinConfiguration), ConfigError> {
+    let mut origin = Origin::new(file, text);
+    let document = documents::split(&origin, text)?
+        .into_iter()
+        .find(|d| d.kind == KIND)
+        .ok_or_else(|| {
+            origin.doc_error(
+                None,
+                "kind",
+                "no JoinConfiguration found in the supplied config",
+            )
+        })?;
+    let doc = document.number;
+    let v1beta3 = match document.api_version.as_str() {
+        super::V1BETA4 => false,
+        super::V1BETA3 => true,
+        _ => {
+            let message = "JoinConfiguration must be kubeadm.k8s.io/v1beta4 or v1beta3";
+            return Err(origin.error_in(doc, "apiVersion", message));
         }
-        (v, k) => return Err(BadInput(format!(
-            "{file}: expected kind JoinConfiguration, apiVersion kubeadm.k8s.io/v1beta4 or v1beta3 (got {k} {v})"
-        ))),
+    };
+    let mut map = document.fields();
+    if v1beta3 {
+        super::v1beta3::convert_join(&mut map);
     }
-    serde_yaml::from_value(Yaml::Mapping(map)).map_err(yaml_error)
+    origin.docs.push((KIND.into(), doc));
+    let cfg = typed(&origin, doc, KIND, map)?;
+    Ok((origin, cfg))
 }
+
+const KIND: &str = "JoinConfiguration";
 
 impl JoinOptions {
     /// The flags given beside `--config`: kubeadm refuses flags that duplicate the file.
@@ -233,27 +240,46 @@ impl JoinOptions {
     }
 
     /// Everything a join can be told wrong, found before anything is fetched or written.
-    pub fn check(mut self) -> Result<JoinRequest, BadInput> {
-        let mut parts = FileParts::default();
-        let mut discovery_timeout = DISCOVERY_TIMEOUT;
-        if let Some(path) = self.config.clone() {
-            let file = read_file(&path)?;
-            let mixed = self.mixed_with_config();
-            if !mixed.is_empty() || self.endpoint.is_some() {
-                return Err(BadInput(format!(
-                    "{}: can not mix --config with the endpoint argument or --{}",
-                    path.display(),
-                    mixed.join(", --")
-                )));
+    pub fn check(self) -> Result<JoinRequest, BadInput> {
+        match self.config.clone() {
+            None => self.checked(FileParts::default(), DISCOVERY_TIMEOUT),
+            Some(path) => {
+                let (file, text) = super::read_file(&path)?;
+                self.check_file(&text, &file)
             }
-            self.fill_from(&file);
-            discovery_timeout = file_discovery_timeout(&file)?.unwrap_or(DISCOVERY_TIMEOUT);
-            parts = FileParts {
-                node_registration: file.node_registration,
-                timeouts: file.timeouts,
-                patches: file.patches,
-            };
         }
+    }
+
+    /// With `--config`: the JoinConfiguration in `text` (read from `file`), each of its values
+    /// checked where it is written.
+    pub fn check_file(mut self, text: &str, file: &str) -> Result<JoinRequest, BadInput> {
+        let cfg = parse_checked(text, file)?;
+        let mixed = self.mixed_with_config();
+        if !mixed.is_empty() || self.endpoint.is_some() {
+            return Err(BadInput(format!(
+                "{file}: can not mix --config with the endpoint argument or --{}",
+                mixed.join(", --")
+            )));
+        }
+        self.fill_from(&cfg);
+        let timeout = cfg
+            .timeouts
+            .as_ref()
+            .map_or(DISCOVERY_TIMEOUT, |t| t.discovery.0);
+        let parts = FileParts {
+            node_registration: cfg.node_registration,
+            timeouts: cfg.timeouts,
+            patches: cfg.patches,
+        };
+        self.checked(parts, timeout)
+    }
+
+    /// The flags (or the file's values standing for them) checked and made a request.
+    fn checked(
+        self,
+        file: FileParts,
+        discovery_timeout: Duration,
+    ) -> Result<JoinRequest, BadInput> {
         let certificate_key = self
             .certificate_key
             .as_deref()
@@ -286,7 +312,7 @@ impl JoinOptions {
             skip_phases: self.skip_phases,
             ignore_preflight_errors: self.ignore_preflight_errors,
             dry_run: self.dry_run,
-            file: parts,
+            file,
         })
     }
 
@@ -294,7 +320,9 @@ impl JoinOptions {
         let pins = self
             .discovery_token_ca_cert_hash
             .iter()
-            .map(|p| parse_pin(p))
+            .map(|p| {
+                parse_pin(p).map_err(|e| BadInput(format!("--discovery-token-ca-cert-hash {e}")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(file) = &self.discovery_file {
             return Ok(Discovery::File(file.clone()));
@@ -315,36 +343,114 @@ impl JoinOptions {
     }
 }
 
-fn file_discovery_timeout(file: &JoinConfiguration) -> Result<Option<Duration>, BadInput> {
-    file.timeouts
-        .as_ref()
-        .and_then(|t| t.get("discovery")?.as_str())
-        .map(|t| {
-            GoDuration::parse(t)
-                .map(|d| d.0)
-                .map_err(|e| BadInput(format!("timeouts.discovery: {e}")))
-        })
-        .transpose()
+/// A JoinConfiguration file's text read and its values checked, as `join --config` does first.
+pub fn validate(text: &str, file: &str) -> Result<(), ConfigError> {
+    parse_checked(text, file).map(drop)
+}
+
+fn parse_checked(text: &str, file: &str) -> Result<JoinConfiguration, ConfigError> {
+    let (origin, cfg) = parse(text, file)?;
+    check_values(&origin, &cfg)?;
+    Ok(cfg)
+}
+
+/// The JoinConfiguration's own values, each error at its field and line (the ones standing for
+/// flags are checked again as flags, which then cannot fail).
+fn check_values(origin: &Origin, cfg: &JoinConfiguration) -> Result<(), ConfigError> {
+    let at = |field: &str, m: String| origin.error(&format!("{KIND}.{field}"), m);
+    let d = &cfg.discovery;
+    let token = match (&d.bootstrap_token, &d.file) {
+        (None, None) => return Err(at("discovery", "set bootstrapToken or file".into())),
+        (Some(_), Some(_)) => {
+            return Err(at(
+                "discovery",
+                "bootstrapToken and file are mutually exclusive".into(),
+            ))
+        }
+        (Some(b), None) => {
+            check_token_discovery(origin, b)?;
+            &b.token
+        }
+        (None, Some(f)) if f.kube_config_path.is_empty() => {
+            return Err(at("discovery.file.kubeConfigPath", "required".into()))
+        }
+        (None, Some(_)) => &String::new(),
+    };
+    if !d.tls_bootstrap_token.is_empty() {
+        Token::parse(&d.tls_bootstrap_token).map_err(|e| at("discovery.tlsBootstrapToken", e))?;
+    } else if token.is_empty() {
+        let message = "the kubelet's TLS bootstrap needs a token: set tlsBootstrapToken or bootstrapToken.token";
+        return Err(at("discovery", message.into()));
+    }
+    if let Some(cp) = &cfg.control_plane {
+        if !cp.certificate_key.is_empty() {
+            CertificateKey::parse(&cp.certificate_key)
+                .map_err(|e| at("controlPlane.certificateKey", e))?;
+        }
+        let endpoint = &cp.local_api_endpoint;
+        let address = &endpoint.advertise_address;
+        if !address.is_empty() && address.parse::<std::net::IpAddr>().is_err() {
+            let message = format!("{address:?} is not a valid IP address");
+            return Err(at(
+                "controlPlane.localAPIEndpoint.advertiseAddress",
+                message,
+            ));
+        }
+        let port = endpoint.bind_port;
+        if !(0..=65535).contains(&port) {
+            let message = format!("{port} is not a valid port (1-65535)");
+            return Err(at("controlPlane.localAPIEndpoint.bindPort", message));
+        }
+    }
+    if let Some(registration) = &cfg.node_registration {
+        super::validate::registration(origin, KIND, registration)?;
+    }
+    Ok(())
+}
+
+fn check_token_discovery(origin: &Origin, b: &BootstrapTokenDiscovery) -> Result<(), ConfigError> {
+    let at = |field: &str, m: String| {
+        origin.error(&format!("{KIND}.discovery.bootstrapToken.{field}"), m)
+    };
+    if !b.token.is_empty() {
+        Token::parse(&b.token).map_err(|e| at("token", e))?;
+    }
+    if b.api_server_endpoint.is_empty() {
+        return Err(at(
+            "apiServerEndpoint",
+            "required for token discovery".into(),
+        ));
+    }
+    for (i, pin) in b.ca_cert_hashes.iter().enumerate() {
+        parse_pin(pin).map_err(|e| at(&format!("caCertHashes[{i}]"), e))?;
+    }
+    if b.ca_cert_hashes.is_empty() && !b.unsafe_skip_ca_verification {
+        let message = "token discovery without caCertHashes trusts whoever answers; give the hash (`kubeforge init` and `kubeforge token create --print-join-command` print it) or set unsafeSkipCAVerification";
+        return Err(at("caCertHashes", message.into()));
+    }
+    Ok(())
 }
 
 /// `sha256:<64 hex>`, the only pin form kubeadm accepts.
-pub fn parse_pin(pin: &str) -> Result<String, BadInput> {
+pub fn parse_pin(pin: &str) -> Result<String, String> {
     match pin.split_once(':') {
         Some(("sha256", hex)) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
             Ok(format!("sha256:{}", hex.to_ascii_lowercase()))
         }
-        _ => Err(BadInput(format!(
-            "--discovery-token-ca-cert-hash {pin:?}: expected sha256:<64 hex characters>"
-        ))),
+        _ => Err(format!("{pin:?}: expected sha256:<64 hex characters>")),
     }
+}
+
+fn to_yaml<T: serde::Serialize>(value: &T) -> Yaml {
+    serde_yaml::to_value(value).expect("a config type serializes")
 }
 
 impl JoinRequest {
     /// The joining node's InitConfiguration document: its registration, its API endpoint (a
     /// control-plane join), and the JoinConfiguration's timeouts and patches.
     fn init_document(&self) -> Mapping {
-        let mut registration = match &self.file.node_registration {
-            Some(Yaml::Mapping(m)) => m.clone(),
+        let mut registration = match self.file.node_registration.as_ref().map(to_yaml) {
+            Some(Yaml::Mapping(m)) => m,
             _ => Mapping::new(),
         };
         match &self.node_name {
@@ -372,13 +478,11 @@ impl JoinRequest {
             endpoint.insert("bindPort".into(), u64::from(cp.bind_port).into());
             init.insert("localAPIEndpoint".into(), Yaml::Mapping(endpoint));
         }
-        for (key, value) in [
-            ("timeouts", &self.file.timeouts),
-            ("patches", &self.file.patches),
-        ] {
-            if let Some(v) = value {
-                init.insert(key.into(), v.clone());
-            }
+        if let Some(timeouts) = &self.file.timeouts {
+            init.insert("timeouts".into(), to_yaml(timeouts));
+        }
+        if let Some(patches) = &self.file.patches {
+            init.insert("patches".into(), to_yaml(patches));
         }
         init
     }
@@ -430,11 +534,7 @@ mod tests {
 
     #[test]
     fn a_v1beta3_join_configuration_is_converted() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("join.yaml");
-        std::fs::write(
-            &path,
-            "apiVersion: kubeadm.k8s.io/v1beta3
+        let text = "apiVersion: kubeadm.k8s.io/v1beta3
 kind: JoinConfiguration
 discovery:
   bootstrapToken:
@@ -447,28 +547,83 @@ nodeRegistration:
   kubeletExtraArgs:
     node-ip: 10.0.0.9
     v: \"2\"
-",
-        )
-        .unwrap();
-        let file = read_file(&path).unwrap();
+";
+        let (_, file) = parse(text, "join.yaml").unwrap();
         let mut options = JoinOptions::default();
         options.fill_from(&file);
         assert_eq!(options.endpoint.as_deref(), Some("10.0.0.5:6443"));
         assert_eq!(options.token.as_deref(), Some("abcdef.0123456789abcdef"));
+        assert_eq!(file.timeouts.unwrap().discovery.0, Duration::from_secs(90));
+        let args = &file.node_registration.unwrap().kubelet_extra_args;
         assert_eq!(
-            file_discovery_timeout(&file).unwrap(),
-            Some(Duration::from_secs(90))
+            (args[0].name.as_str(), args[1].value.as_str()),
+            ("node-ip", "2")
         );
-        let args = &file.node_registration.unwrap()["kubeletExtraArgs"];
-        assert_eq!(args[0]["name"].as_str(), Some("node-ip"));
-        assert_eq!(args[1]["value"].as_str(), Some("2"));
-        std::fs::write(
-            &path,
-            "apiVersion: kubeadm.k8s.io/v1beta4\nkind: JoinConfiguration\nbogus: 1\n",
-        )
-        .unwrap();
-        let e = read_file(&path).unwrap_err().to_string();
-        assert!(e.contains("bogus"), "{e}");
+        let bogus = "apiVersion: kubeadm.k8s.io/v1beta4\nkind: JoinConfiguration\nbogus: 1\n";
+        let e = parse(bogus, "join.yaml").err().unwrap().to_string();
+        assert!(
+            e.starts_with("join.yaml:3:1: JoinConfiguration.bogus: "),
+            "{e}"
+        );
+    }
+
+    /// Every bad value of a JoinConfiguration is named with its file, field and line.
+    #[test]
+    fn bad_values_are_named_where_they_are_written() {
+        let pin = format!("sha256:{}", "ab".repeat(32));
+        let good = format!("apiVersion: kubeadm.k8s.io/v1beta4\nkind: JoinConfiguration\ndiscovery:\n  bootstrapToken:\n    apiServerEndpoint: 10.0.0.5:6443\n    token: abcdef.0123456789abcdef\n    caCertHashes: [\"{pin}\"]\n");
+        assert!(JoinOptions::default().check_file(&good, "j.yaml").is_ok());
+        for (change, expected) in [
+            (
+                ("token: abcdef.0123456789abcdef", "token: abcdef"),
+                "j.yaml:6:5: JoinConfiguration.discovery.bootstrapToken.token: ",
+            ),
+            (
+                (pin.as_str(), "sha256:00"),
+                "j.yaml:7:20: JoinConfiguration.discovery.bootstrapToken.caCertHashes[0]: ",
+            ),
+            (
+                ("    apiServerEndpoint: 10.0.0.5:6443\n", ""),
+                "j.yaml:4:3: JoinConfiguration.discovery.bootstrapToken.apiServerEndpoint: ",
+            ),
+            (
+                (
+                    "discovery:",
+                    "controlPlane:\n  localAPIEndpoint:\n    bindPort: 70000\ndiscovery:",
+                ),
+                "j.yaml:5:5: JoinConfiguration.controlPlane.localAPIEndpoint.bindPort: ",
+            ),
+            (
+                (
+                    "discovery:",
+                    "nodeRegistration:\n  imagePullPolicy: Sometimes\ndiscovery:",
+                ),
+                "j.yaml:4:3: JoinConfiguration.nodeRegistration.imagePullPolicy: ",
+            ),
+            (
+                (
+                    "discovery:",
+                    "timeouts:\n  discovery: 5 minutes\ndiscovery:",
+                ),
+                "j.yaml:4:3: JoinConfiguration.timeouts.discovery: ",
+            ),
+            (
+                (good.as_str(), ""),
+                "j.yaml:1:1: kind: no JoinConfiguration found",
+            ),
+            (
+                ("JoinConfiguration", "ClusterConfiguration"),
+                "j.yaml:1:1: kind: no JoinConfiguration found",
+            ),
+        ] {
+            let text = good.replace(change.0, change.1);
+            let e = JoinOptions::default()
+                .check_file(&text, "j.yaml")
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.starts_with(expected), "{e}\nfrom\n{text}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! carried through. Everything is parsed, defaulted and validated before anything is written;
 //! every error names the file, the field path and the line:column.
 
+mod documents;
 mod duration;
 pub mod endpoint;
 pub mod join;
@@ -21,7 +22,7 @@ pub use overrides::{Flag, Overrides};
 pub use token::{is_token_group, is_token_id, CertificateKey, Token, USAGES};
 pub use types::*;
 
-use serde::Deserialize;
+use documents::{typed, Origin};
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -81,7 +82,7 @@ pub fn load(
     kubernetes_dir: &Path,
 ) -> Result<Config, ConfigError> {
     match path {
-        None => load_str("", "<defaults>", overrides, kubernetes_dir),
+        None => load_documents("", "<defaults>", false, overrides, kubernetes_dir),
         Some(p) if p == Path::new("-") => {
             let mut text = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| {
@@ -102,45 +103,6 @@ pub fn load(
     }
 }
 
-/// Where each part of the config came from, so later errors can point at it.
-pub(crate) struct Origin {
-    pub file: String,
-    pub index: position::Index,
-    pub init_doc: Option<usize>,
-    pub cluster_doc: Option<usize>,
-    pub endpoint_doc: Option<usize>,
-    /// Fields set by flags: dotted field path (with kind prefix) → flag name.
-    pub flags: Vec<(String, &'static str)>,
-}
-
-impl Origin {
-    pub fn error(&self, field: &str, message: impl Into<String>) -> ConfigError {
-        if let Some((_, flag)) = self.flags.iter().find(|(f, _)| f == field) {
-            return ConfigError {
-                file: format!("flag --{flag}"),
-                field: field.into(),
-                line: None,
-                column: None,
-                message: message.into(),
-            };
-        }
-        let (doc, rest) = match field.split_once('.') {
-            Some(("InitConfiguration", rest)) => (self.init_doc, rest),
-            Some(("ClusterConfiguration", rest)) => (self.cluster_doc, rest),
-            Some((endpoint::KIND, rest)) => (self.endpoint_doc, rest),
-            _ => (None, field),
-        };
-        let pos = doc.and_then(|d| self.index.find(d, rest));
-        ConfigError {
-            file: self.file.clone(),
-            field: field.into(),
-            line: pos.map(|p| p.0),
-            column: pos.map(|p| p.1),
-            message: message.into(),
-        }
-    }
-}
-
 /// The documents of a config file, each typed or passed through.
 #[derive(Default)]
 struct Documents {
@@ -153,25 +115,35 @@ struct Documents {
     timeout_for_control_plane: Option<GoDuration>,
 }
 
+/// The config in `text`, read from `source` (a file name for errors): kubeadm's rule, an
+/// InitConfiguration or a ClusterConfiguration (or both) must be among its documents.
 pub fn load_str(
     text: &str,
     source: &str,
     overrides: &Overrides,
     kubernetes_dir: &Path,
 ) -> Result<Config, ConfigError> {
-    let mut origin = Origin {
-        file: source.to_string(),
-        index: position::Index::build(text),
-        init_doc: None,
-        cluster_doc: None,
-        endpoint_doc: None,
-        flags: Vec::new(),
-    };
-    let from_file = !text.trim().is_empty() || source != "<defaults>";
+    load_documents(text, source, true, overrides, kubernetes_dir)
+}
+
+fn load_documents(
+    text: &str,
+    source: &str,
+    from_file: bool,
+    overrides: &Overrides,
+    kubernetes_dir: &Path,
+) -> Result<Config, ConfigError> {
+    let mut origin = Origin::new(source, text);
     let mut docs = Documents::default();
-    for (doc, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml::Value::deserialize(de).map_err(|e| yaml_error(&origin, &e))?;
-        read_document(&mut origin, &mut docs, doc, value)?;
+    for document in documents::split(&origin, text)? {
+        read_document(&mut origin, &mut docs, document)?;
+    }
+    if from_file && docs.init.is_none() && docs.cluster.is_none() {
+        return Err(origin.doc_error(
+            None,
+            "kind",
+            "no InitConfiguration or ClusterConfiguration kind was found in the YAML file",
+        ));
     }
     let mut init = docs.init.unwrap_or_default();
     // Through serde, so that a missing document gets the same field defaults as an empty one.
@@ -184,6 +156,7 @@ pub fn load_str(
         init.timeouts.control_plane_component_health_check = t;
     }
     overrides.apply(&mut origin, &mut init, &mut cluster, from_file)?;
+    validate::paths(&origin, &cluster)?;
     validate::defaults(&mut init, &mut cluster, kubernetes_dir);
     validate::validate(&origin, &init, &cluster)?;
     if let Some(ep) = &docs.endpoint {
@@ -202,72 +175,51 @@ pub fn load_str(
 const KUBELET_V1BETA1: &str = "kubelet.config.k8s.io/v1beta1";
 const KUBE_PROXY_V1ALPHA1: &str = "kubeproxy.config.k8s.io/v1alpha1";
 
-/// One YAML document into `docs`, by its apiVersion and kind.
+/// One document into `docs`, by its apiVersion and kind.
 fn read_document(
     origin: &mut Origin,
     docs: &mut Documents,
-    doc: usize,
-    value: serde_yaml::Value,
+    document: documents::Document,
 ) -> Result<(), ConfigError> {
-    let mut map = match value {
-        serde_yaml::Value::Null => return Ok(()),
-        serde_yaml::Value::Mapping(m) => m,
-        _ => {
-            return Err(doc_error(
-                origin,
-                doc,
-                "a document must be a YAML mapping with apiVersion and kind",
-            ))
-        }
-    };
-    let get = |k: &str| map.get(k).and_then(|v| v.as_str()).map(str::to_string);
-    let api_version = get("apiVersion")
-        .ok_or_else(|| doc_error(origin, doc, "the document has no apiVersion"))?;
-    let kind = get("kind").ok_or_else(|| doc_error(origin, doc, "the document has no kind"))?;
+    let (doc, api_version, kind) = (
+        document.number,
+        document.api_version.clone(),
+        document.kind.clone(),
+    );
     let v1beta3 = api_version == V1BETA3;
     match (api_version.as_str(), kind.as_str()) {
         (V1BETA4 | V1BETA3, "InitConfiguration") => {
-            if docs.init.is_some() {
-                return Err(doc_error(origin, doc, "more than one InitConfiguration"));
-            }
-            map.remove("apiVersion");
-            map.remove("kind");
+            let mut map = document.fields();
             if v1beta3 {
                 v1beta3::convert_init(&mut map);
             }
-            origin.init_doc = Some(doc);
-            docs.init = Some(typed(origin, doc, "InitConfiguration", map)?);
+            origin.docs.push((kind.clone(), doc));
+            docs.init = Some(typed(origin, doc, &kind, map)?);
         }
         (V1BETA4 | V1BETA3, "ClusterConfiguration") => {
-            if docs.cluster.is_some() {
-                return Err(doc_error(origin, doc, "more than one ClusterConfiguration"));
-            }
-            map.remove("apiVersion");
-            map.remove("kind");
+            let mut map = document.fields();
+            origin.docs.push((kind.clone(), doc));
             if v1beta3 {
-                docs.timeout_for_control_plane = v1beta3::convert_cluster(&mut map);
+                docs.timeout_for_control_plane =
+                    v1beta3::convert_cluster(&mut map).map_err(|m| {
+                        origin.error("ClusterConfiguration.apiServer.timeoutForControlPlane", m)
+                    })?;
             }
-            origin.cluster_doc = Some(doc);
-            docs.cluster = Some(typed(origin, doc, "ClusterConfiguration", map)?);
+            docs.cluster = Some(typed(origin, doc, &kind, map)?);
         }
         (
             V1BETA4 | V1BETA3,
             "JoinConfiguration" | "ResetConfiguration" | "UpgradeConfiguration",
         ) => {}
         (KUBELET_V1BETA1, "KubeletConfiguration") => {
-            docs.kubelet = Some(serde_yaml::Value::Mapping(map));
+            docs.kubelet = Some(serde_yaml::Value::Mapping(document.body));
         }
         (KUBE_PROXY_V1ALPHA1, "KubeProxyConfiguration") => {
-            docs.kube_proxy = Some(serde_yaml::Value::Mapping(map));
+            docs.kube_proxy = Some(serde_yaml::Value::Mapping(document.body));
         }
         (endpoint::API_VERSION, endpoint::KIND) => {
-            if docs.endpoint.is_some() {
-                return Err(doc_error(origin, doc, "more than one ControlPlaneEndpoint"));
-            }
-            map.remove("apiVersion");
-            map.remove("kind");
-            origin.endpoint_doc = Some(doc);
-            docs.endpoint = Some(typed(origin, doc, endpoint::KIND, map)?);
+            origin.docs.push((kind.clone(), doc));
+            docs.endpoint = Some(typed(origin, doc, &kind, document.fields())?);
         }
         (av, k) => return Err(unknown_kind(origin, doc, av, k)),
     }
@@ -289,73 +241,7 @@ fn unknown_kind(origin: &Origin, doc: usize, api_version: &str, kind: &str) -> C
             "unsupported apiVersion {api_version:?} (kind {kind}); use kubeadm.k8s.io/v1beta4 or v1beta3, kubelet.config.k8s.io/v1beta1, kubeproxy.config.k8s.io/v1alpha1, kubeforge.io/v1alpha1"
         )
     };
-    let pos = origin.index.find(doc, "apiVersion");
-    ConfigError {
-        file: origin.file.clone(),
-        field: "apiVersion".into(),
-        line: pos.map(|p| p.0),
-        column: pos.map(|p| p.1),
-        message,
-    }
-}
-
-pub(crate) fn typed<T: serde::de::DeserializeOwned>(
-    origin: &Origin,
-    doc: usize,
-    kind: &str,
-    map: serde_yaml::Mapping,
-) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize(serde_yaml::Value::Mapping(map)).map_err(|e| {
-        let mut path = e.path().to_string();
-        if path == "." {
-            path.clear();
-        }
-        let inner = e.into_inner().to_string();
-        // An unknown field is reported at its parent; point at the field itself.
-        if let Some(name) = inner
-            .strip_prefix("unknown field `")
-            .and_then(|r| r.split('`').next())
-        {
-            if path.is_empty() {
-                path = name.to_string();
-            } else if !path.ends_with(name) {
-                path = format!("{path}.{name}");
-            }
-        }
-        let pos = origin.index.find(doc, &path);
-        ConfigError {
-            file: origin.file.clone(),
-            field: if path.is_empty() {
-                kind.to_string()
-            } else {
-                format!("{kind}.{path}")
-            },
-            line: pos.map(|p| p.0),
-            column: pos.map(|p| p.1),
-            message: inner,
-        }
-    })
-}
-
-pub(crate) fn yaml_error(origin: &Origin, e: &serde_yaml::Error) -> ConfigError {
-    ConfigError {
-        file: origin.file.clone(),
-        field: String::new(),
-        line: e.location().map(|l| l.line()),
-        column: e.location().map(|l| l.column()),
-        message: format!("invalid YAML: {e}"),
-    }
-}
-
-fn doc_error(origin: &Origin, doc: usize, message: &str) -> ConfigError {
-    let pos = origin.index.find(doc, "");
-    ConfigError {
-        file: origin.file.clone(),
-        field: String::new(),
-        line: pos.map(|p| p.0),
-        column: pos.map(|p| p.1),
-        message: message.into(),
-    }
+    origin.error_in(doc, "apiVersion", &message)
 }
 
 impl ClusterConfiguration {

@@ -30,6 +30,22 @@ impl Cidr {
         self.bits() - self.prefix
     }
 
+    /// Whether the two ranges share an address (never across IP families).
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        if self.addr.is_ipv4() != other.addr.is_ipv4() {
+            return false;
+        }
+        let shorter = self.prefix.min(other.prefix);
+        let network = |c: &Cidr| {
+            Cidr {
+                addr: c.addr,
+                prefix: shorter,
+            }
+            .nth(0)
+        };
+        network(self) == network(other)
+    }
+
     /// The `n`th address after the network address (n = 1 ⇒ the first usable address).
     pub fn nth(&self, n: u128) -> IpAddr {
         let host_bits = u32::from(self.host_bits());
@@ -129,6 +145,13 @@ mod tests {
             Cidr::parse("10.100.5.7/16").unwrap().nth(1).to_string(),
             "10.100.0.1"
         );
+        let overlap = |a: &str, b: &str| Cidr::parse(a).unwrap().overlaps(&Cidr::parse(b).unwrap());
+        assert!(overlap("10.96.0.0/12", "10.100.0.0/16"));
+        assert!(overlap("10.100.0.0/16", "10.96.0.0/12"));
+        assert!(overlap("0.0.0.0/0", "192.168.0.0/16"));
+        assert!(!overlap("10.96.0.0/12", "10.244.0.0/16"));
+        assert!(!overlap("10.96.0.0/12", "fd00::/64"));
+        assert!(overlap("fd00:10::/56", "fd00:10:0:5::/64"));
         assert!(parse_cidrs("10.96.0.0/12,fd00::/112").is_ok());
         assert!(parse_cidrs("10.96.0.0/12,10.0.0.0/16").is_err());
         assert!(parse_cidrs("10.96.0.0/33").is_err());

@@ -10,6 +10,9 @@ use yaml_rust2::parser::{Event, Parser};
 pub struct Index {
     marks: HashMap<(usize, String), (usize, usize)>,
     pub documents: usize,
+    /// Where each document starts by its `---` lines: the fallback for a text this parser gives
+    /// up on where serde_yaml's does not.
+    starts: Vec<(usize, usize)>,
 }
 
 impl Index {
@@ -24,6 +27,7 @@ impl Index {
         }
         let mut stack: Vec<Frame> = Vec::new();
         let mut doc = 0usize;
+        let mut doc_start = (1, 1);
         while let Ok((event, mark)) = parser.next_token() {
             let pos = (mark.line(), mark.col() + 1);
             // The path of the node this event starts (None when the event is a map key).
@@ -40,10 +44,10 @@ impl Index {
             };
             match event {
                 Event::StreamEnd => break,
-                Event::DocumentStart => {
-                    index.marks.insert((doc, String::new()), pos);
-                }
+                // A document's root is where its content starts, else its `---`.
+                Event::DocumentStart => doc_start = pos,
                 Event::DocumentEnd => {
+                    index.marks.entry((doc, String::new())).or_insert(doc_start);
                     doc += 1;
                     stack.clear();
                 }
@@ -51,6 +55,11 @@ impl Index {
                     let is_key = matches!(stack.last(), Some(Frame::Map { key: None, .. }));
                     if is_key {
                         if let Some(Frame::Map { path, key }) = stack.last_mut() {
+                            if path.is_empty() {
+                                // The document's root: its first key (a mapping's own mark
+                                // is after that key).
+                                index.marks.entry((doc, String::new())).or_insert(pos);
+                            }
                             index.marks.insert((doc, join(path, &value)), pos);
                             *key = Some(value);
                         }
@@ -63,7 +72,9 @@ impl Index {
                 }
                 Event::MappingStart(..) => {
                     let path = node_path(&mut stack).unwrap_or_default();
-                    index.marks.entry((doc, path.clone())).or_insert(pos);
+                    if !path.is_empty() {
+                        index.marks.entry((doc, path.clone())).or_insert(pos);
+                    }
                     stack.push(Frame::Map { path, key: None });
                 }
                 Event::SequenceStart(..) => {
@@ -78,7 +89,13 @@ impl Index {
             }
         }
         index.documents = doc;
+        index.starts = document_starts(text);
         index
+    }
+
+    /// The position of `path` itself, if it is in the file.
+    pub fn get(&self, doc: usize, path: &str) -> Option<(usize, usize)> {
+        self.marks.get(&(doc, path.to_string())).copied()
     }
 
     /// The position of `path`, or of its nearest ancestor that is in the file.
@@ -89,7 +106,7 @@ impl Index {
                 return Some(*pos);
             }
             if p.is_empty() {
-                return None;
+                return self.starts.get(doc).copied();
             }
             p = match p.rfind(['.', '[']) {
                 Some(i) => p[..i].to_string(),
@@ -97,6 +114,29 @@ impl Index {
             };
         }
     }
+}
+
+/// The first line of each document: the lines opening with `---`, and line 1 when something
+/// other than comments comes before the first of them.
+fn document_starts(text: &str) -> Vec<(usize, usize)> {
+    let mut starts = Vec::new();
+    let mut content = false;
+    for (n, line) in text.lines().enumerate() {
+        let marker = line
+            .strip_prefix("---")
+            .is_some_and(|r| r.is_empty() || r.starts_with([' ', '\t']));
+        if marker {
+            starts.push((n + 1, 1));
+        } else if !content
+            && starts.is_empty()
+            && !line.trim().is_empty()
+            && !line.trim_start().starts_with('#')
+        {
+            content = true;
+            starts.push((1, 1));
+        }
+    }
+    starts
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -123,5 +163,11 @@ mod tests {
         assert_eq!(idx.find(1, "net.missing"), Some((9, 1)));
         let idx = Index::build("sans:\n- a\n- b\n");
         assert_eq!(idx.find(0, "sans[1]"), Some((3, 3)));
+        // A multi-line quoted scalar in a flow sequence, which serde_yaml reads and this parser
+        // gives up on (found by tests/fuzz_corpus.rs): the later document still has a line.
+        let text = include_str!("../../fuzz/corpus/config/crash-unindexed-document.yaml");
+        let idx = Index::build(text);
+        assert!(idx.documents < 2);
+        assert_eq!(idx.find(1, "nodeRegistration.na\"me"), Some((18, 1)));
     }
 }

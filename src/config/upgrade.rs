@@ -5,7 +5,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{position, typed, yaml_error, ConfigError, Origin, Patches, Timeouts, V1BETA4};
+use super::documents::{self, typed, Origin};
+use super::{ConfigError, Patches, Timeouts, V1BETA4};
 
 fn yes() -> bool {
     true
@@ -148,45 +149,26 @@ pub fn load(path: &Path) -> Result<UpgradeConfiguration, ConfigError> {
 }
 
 pub fn parse(text: &str, file: &str) -> Result<UpgradeConfiguration, ConfigError> {
-    let origin = Origin {
-        file: file.to_string(),
-        index: position::Index::build(text),
-        init_doc: None,
-        cluster_doc: None,
-        endpoint_doc: None,
-        flags: Vec::new(),
-    };
-    let mut found = None;
-    for (doc, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml::Value::deserialize(de).map_err(|e| yaml_error(&origin, &e))?;
-        let serde_yaml::Value::Mapping(mut map) = value else {
-            continue;
-        };
-        let get = |k: &str| map.get(k).and_then(|v| v.as_str()).map(str::to_string);
-        if get("kind").as_deref() != Some("UpgradeConfiguration") {
-            continue;
-        }
-        if get("apiVersion").as_deref() != Some(V1BETA4) {
-            let pos = origin.index.find(doc, "apiVersion");
-            return Err(ConfigError {
-                file: file.to_string(),
-                field: "apiVersion".into(),
-                line: pos.map(|p| p.0),
-                column: pos.map(|p| p.1),
-                message: format!("UpgradeConfiguration must be {V1BETA4}"),
-            });
-        }
-        map.remove("apiVersion");
-        map.remove("kind");
-        found = Some(typed(&origin, doc, "UpgradeConfiguration", map)?);
+    let origin = Origin::new(file, text);
+    let document = documents::split(&origin, text)?
+        .into_iter()
+        .find(|d| d.kind == "UpgradeConfiguration")
+        .ok_or_else(|| {
+            origin.doc_error(
+                None,
+                "kind",
+                "no UpgradeConfiguration found in the supplied config",
+            )
+        })?;
+    if document.api_version != V1BETA4 {
+        return Err(origin.error_in(
+            document.number,
+            "apiVersion",
+            &format!("UpgradeConfiguration must be {V1BETA4}"),
+        ));
     }
-    found.ok_or_else(|| ConfigError {
-        file: file.to_string(),
-        field: String::new(),
-        line: None,
-        column: None,
-        message: format!("no UpgradeConfiguration ({V1BETA4}) in the file"),
-    })
+    let doc = document.number;
+    typed(&origin, doc, "UpgradeConfiguration", document.fields())
 }
 
 /// `kubeforge config print upgrade-defaults`: kubeadm's text (keys sorted, through a JSON map).

@@ -50,21 +50,22 @@ pub fn convert_join(map: &mut Mapping) {
     }
 }
 
-/// Returns the v1beta3 `apiServer.timeoutForControlPlane`, if set.
-pub fn convert_cluster(map: &mut Mapping) -> Option<GoDuration> {
+/// Returns the v1beta3 `apiServer.timeoutForControlPlane`, if set; an error when it is not a
+/// duration.
+pub fn convert_cluster(map: &mut Mapping) -> Result<Option<GoDuration>, String> {
     let mut timeout = None;
     for component in ["apiServer", "controllerManager", "scheduler"] {
         if let Some(c) = child(map, component) {
             args_map_to_list(c, "extraArgs");
             if component == "apiServer" {
-                timeout = c
-                    .remove("timeoutForControlPlane")
-                    .and_then(|v| v.as_str().and_then(|s| GoDuration::parse(s).ok()));
+                if let Some(v) = c.remove("timeoutForControlPlane") {
+                    timeout = Some(serde_yaml::from_value(v).map_err(|e| e.to_string())?);
+                }
             }
         }
     }
     if let Some(local) = child(map, "etcd").and_then(|e| child(e, "local")) {
         args_map_to_list(local, "extraArgs");
     }
-    timeout
+    Ok(timeout)
 }

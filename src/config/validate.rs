@@ -3,12 +3,12 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use super::net::{is_dns1123_subdomain, is_wildcard_dns1123_subdomain, parse_cidrs};
+use super::net::{is_dns1123_subdomain, is_wildcard_dns1123_subdomain, parse_cidrs, Cidr};
 use super::token::{self, Token};
 use super::{
     split_host_port, BootstrapToken, ClusterConfiguration, ConfigError, GoDuration,
-    InitConfiguration, LocalEtcd, Origin, DEFAULT_KUBERNETES_VERSION, SUPPORTED_MINORS,
-    SUPPORTED_VERSIONS,
+    InitConfiguration, LocalEtcd, NodeRegistrationOptions, Origin, DEFAULT_KUBERNETES_VERSION,
+    SUPPORTED_MINORS, SUPPORTED_VERSIONS,
 };
 
 pub fn defaults(
@@ -86,6 +86,28 @@ pub fn defaults(
     }
 }
 
+/// kubeadm's ValidateAbsolutePath on the paths as given (before defaults, which may be relative
+/// to a relative `--kubernetes-dir`): a relative path would land wherever kubeforge is started.
+pub fn paths(origin: &Origin, cluster: &ClusterConfiguration) -> Checked {
+    let local = cluster.etcd.local.as_ref();
+    let external = cluster.etcd.external.as_ref();
+    for (field, path) in [
+        ("certificatesDir", Some(&cluster.certificates_dir)),
+        ("etcd.local.dataDir", local.map(|l| &l.data_dir)),
+        ("etcd.external.caFile", external.map(|e| &e.ca_file)),
+        ("etcd.external.certFile", external.map(|e| &e.cert_file)),
+        ("etcd.external.keyFile", external.map(|e| &e.key_file)),
+    ] {
+        if let Some(p) = path.filter(|p| !p.is_empty() && !p.starts_with('/')) {
+            return Err(origin.error(
+                &format!("ClusterConfiguration.{field}"),
+                format!("{p:?} is not an absolute path"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The IPv4 address of the interface that holds the default route (kubeadm's choice).
 fn default_route_address() -> Option<String> {
     let routes = std::fs::read_to_string("/proc/net/route").ok()?;
@@ -142,30 +164,36 @@ fn validate_node(origin: &Origin, init: &InitConfiguration) -> Checked {
             format!("{port} is not a valid port (1-65535)"),
         );
     }
-    let name = &init.node_registration.name;
-    if !is_dns1123_subdomain(name) {
+    registration(origin, "InitConfiguration", &init.node_registration)
+}
+
+/// The nodeRegistration of an InitConfiguration or a JoinConfiguration (`kind`); an empty name
+/// or pull policy is a default still to come.
+pub fn registration(origin: &Origin, kind: &str, nr: &NodeRegistrationOptions) -> Checked {
+    let err = |field: &str, msg: String| {
+        Err(origin.error(&format!("{kind}.nodeRegistration.{field}"), msg))
+    };
+    let name = &nr.name;
+    if !name.is_empty() && !is_dns1123_subdomain(name) {
         return err(
-            "InitConfiguration.nodeRegistration.name",
+            "name",
             format!("{name:?} is not a valid node name (lower-case RFC 1123 subdomain)"),
         );
     }
-    let policy = &init.node_registration.image_pull_policy;
-    if !["Always", "IfNotPresent", "Never"].contains(&policy.as_str()) {
+    let policy = &nr.image_pull_policy;
+    if !["", "Always", "IfNotPresent", "Never"].contains(&policy.as_str()) {
         return err(
-            "InitConfiguration.nodeRegistration.imagePullPolicy",
+            "imagePullPolicy",
             format!("{policy:?} is not one of Always, IfNotPresent, Never"),
         );
     }
-    for (i, t) in init.node_registration.taints.iter().flatten().enumerate() {
+    for (i, t) in nr.taints.iter().flatten().enumerate() {
         if t.key.is_empty() {
-            return err(
-                &format!("InitConfiguration.nodeRegistration.taints[{i}].key"),
-                "a taint needs a key".into(),
-            );
+            return err(&format!("taints[{i}].key"), "a taint needs a key".into());
         }
         if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&t.effect.as_str()) {
             return err(
-                &format!("InitConfiguration.nodeRegistration.taints[{i}].effect"),
+                &format!("taints[{i}].effect"),
                 format!(
                     "{:?} is not one of NoSchedule, PreferNoSchedule, NoExecute",
                     t.effect
@@ -291,12 +319,36 @@ fn validate_networking(origin: &Origin, cluster: &ClusterConfiguration) -> Check
             }
         }
     }
+    if !cluster.networking.pod_subnet.is_empty() {
+        let pods = parse_cidrs(&cluster.networking.pod_subnet).expect("checked above");
+        subnets_apart(origin, &svc, &pods)?;
+    }
     let domain = &cluster.networking.dns_domain;
     if !is_dns1123_subdomain(domain) {
         return err(
             "ClusterConfiguration.networking.dnsDomain",
             format!("{domain:?} is not a valid DNS domain"),
         );
+    }
+    Ok(())
+}
+
+/// Pods and Services need address ranges of their own: an overlap breaks the cluster's routing.
+fn subnets_apart(origin: &Origin, services: &[Cidr], pods: &[Cidr]) -> Checked {
+    const SERVICE: &str = "ClusterConfiguration.networking.serviceSubnet";
+    for pod in pods {
+        if let Some(service) = services.iter().find(|s| s.overlaps(pod)) {
+            let given = origin
+                .source_of(SERVICE)
+                .map_or_else(|| "(the default)".to_string(), |at| format!("({at})"));
+            return Err(origin.error(
+                "ClusterConfiguration.networking.podSubnet",
+                format!(
+                    "{}/{} overlaps {SERVICE} {}/{} {given}: pods and services need separate address ranges",
+                    pod.addr, pod.prefix, service.addr, service.prefix
+                ),
+            ));
+        }
     }
     Ok(())
 }
