@@ -33,24 +33,29 @@ fn kubelet_bootstraps(worker: &Node, cluster: &Node) -> std::thread::JoinHandle<
     })
 }
 
+/// A worker's join of node `w1` (preflight skipped: this host has no kubelet or runtime).
+fn worker_join<'a>(endpoint: &'a str, pin: &'a str) -> [&'a str; 10] {
+    [
+        "join",
+        endpoint,
+        "--token",
+        TOKEN,
+        "--discovery-token-ca-cert-hash",
+        pin,
+        "--node-name",
+        "w1",
+        "--skip-phases",
+        "preflight",
+    ]
+}
+
 #[test]
 fn a_worker_joins_and_a_rerun_changes_nothing() {
     let cluster_node = Node::new();
     let worker = Node::new();
     let (_standin, endpoint) = cluster(&cluster_node, &worker.pki());
     let pin = pin(&cluster_node);
-    let args = [
-        "join",
-        &endpoint,
-        "--token",
-        TOKEN,
-        "--discovery-token-ca-cert-hash",
-        &pin,
-        "--node-name",
-        "w1",
-        "--skip-phases",
-        "preflight",
-    ];
+    let args = worker_join(&endpoint, &pin);
     let kubelet = kubelet_bootstraps(&worker, &cluster_node);
     let out = worker.run_ok(&args);
     kubelet.join().unwrap();
@@ -332,18 +337,7 @@ fn a_join_rides_out_dropped_connections_429_and_500() {
         common::standin::join_cluster_with(&cluster_node, &worker.pki(), "", faults);
     let pin = pin(&cluster_node);
     let kubelet = kubelet_bootstraps(&worker, &cluster_node);
-    let out = worker.run_ok(&[
-        "join",
-        &endpoint,
-        "--token",
-        TOKEN,
-        "--discovery-token-ca-cert-hash",
-        &pin,
-        "--node-name",
-        "w1",
-        "--skip-phases",
-        "preflight",
-    ]);
+    let out = worker.run_ok(&worker_join(&endpoint, &pin));
     kubelet.join().unwrap();
     assert!(out.contains("This node has joined the cluster"), "{out}");
     let played = standin

@@ -94,7 +94,10 @@ fn certs_renew_all_restarts_each_component_one_at_a_time() {
     let before = mirror_pods(&s);
     let old_serial = serving_serial(&s);
     let renew = kubeforge(&["certs", "renew", "all"], &[]);
-    println!("{}", renew.text());
+    for (t, line) in &renew.lines {
+        println!("{t:7.2} {line}");
+    }
+    println!("{}", renew.stderr);
     assert!(renew.success, "certs renew all failed:\n{}", renew.text());
     let settled = wait_ready(&s, Duration::from_secs(60));
     let after = mirror_pods(&s);

@@ -863,6 +863,48 @@ fn a_second_node_joins_as_control_plane_and_as_worker() {
     println!("FIGURES: node 2 (own kubelet and containerd) joined as a control plane in {seconds:.1} s (a re-run: {rerun_seconds:.1} s), as a worker in {worker_seconds:.1} s");
 }
 
+/// A worker's `join` on node 2 killed at random instants (a delay within a typical join, or
+/// inside a random file write), each kill on what the last one left: no file of node 2 is ever
+/// half-written, and the plain join after them joins it. Seeded: `KUBEFORGE_KILL_SEED` replays,
+/// `KUBEFORGE_KILLS` (default 3).
+#[test]
+fn a_join_killed_at_random_instants_is_completed_by_a_rerun() {
+    let Some((s, node, token, hash, _)) = init_for_joins() else {
+        return;
+    };
+    let control_plane = control_plane_join_args(&s, &token, &hash, "");
+    let worker = [&control_plane[..5], &control_plane[10..]].concat();
+    let mut killer = common::kill::Killer::from_env();
+    let dirs = [node.path(KUBERNETES_DIR)];
+    // A worker joins in about 30 s here (docs/figures.md), writing a handful of files.
+    let typical = Duration::from_secs(30);
+    for n in 1..=common::kill::Killer::count(3) {
+        let kill = killer.instant(typical, 6);
+        let mut command = node.command(harness::binary());
+        command.arg("join").args(&worker);
+        let killed = common::kill::run_killed(command, kill);
+        println!("kill #{n}: {kill:?}, killed: {killed}");
+        let problems = common::tree::problems(&node.path(KUBERNETES_DIR), &dirs, None);
+        assert!(
+            problems.is_empty(),
+            "seed {}, kill #{n} {kill:?}: {problems:#?}",
+            killer.seed
+        );
+    }
+    let (ok, text, _) = join_on(&node, &worker);
+    assert!(
+        ok,
+        "seed {}: the join after the kills failed:\n{text}",
+        killer.seed
+    );
+    let joined = kubectl_json(&s.host, &["get", "node", NODE2]);
+    assert_eq!(joined["metadata"]["name"], NODE2, "{joined}");
+    assert_eq!(
+        common::tree::temp_files(&dirs),
+        Vec::<std::path::PathBuf>::new()
+    );
+}
+
 /// kubeforge joins a cluster real kubeadm built: node 1 is `kubeadm init --upload-certs` (this
 /// kubeforge only runs its kubelet), node 2 joins it as a control plane with kubeadm's printed
 /// line — kubeadm's cluster-info, RBAC, kubeadm-config, kubelet-config, kubeadm-certs and etcd.
