@@ -243,12 +243,29 @@ fn start_node(host: &Host, index: u8) -> ExtraNode {
 
 /// Which of `nodes` holds the VIP on its eth0.
 fn vip_holder(nodes: &[ExtraNode]) -> Option<usize> {
-    nodes.iter().position(|n| {
-        n.command("ip")
-            .args(["-o", "addr", "show", "dev", "eth0"])
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!(" {VIP}/")))
-    })
+    nodes.iter().position(|n| vip_on(n).is_some())
+}
+
+/// The VIP as `address/prefix` on `node`'s eth0 while its link is up.
+fn vip_on(node: &ExtraNode) -> Option<String> {
+    let out = node
+        .command("ip")
+        .args(["-o", "addr", "show", "up", "dev", "eth0"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|w| w.starts_with(&format!("{VIP}/")))
+        .map(str::to_string)
+}
+
+/// What a machine stopped hard loses with its memory: the addresses keepalived had added (a
+/// killed keepalived leaves them on the namespace's interface).
+fn forget_vip(node: &ExtraNode, vip: &str) {
+    let _ = node
+        .command("ip")
+        .args(["addr", "del", vip, "dev", "eth0"])
+        .output();
 }
 
 /// haproxy's state of each API server on `node`: (server, status) from `/stats;csv`.
@@ -430,7 +447,9 @@ fn ha_endpoint_survives_losing_node_one() {
     std::thread::sleep(Duration::from_secs(5));
     let (_, lease_before) = worker_heartbeat(&admin);
     let stopped = Instant::now();
+    let vip = vip_on(&nodes[0]).expect("node 2 holds the VIP");
     nodes[0].stop_hard();
+    forget_vip(&nodes[0], &vip);
     until(
         "kubectl through the endpoint answers again",
         Duration::from_secs(30),
