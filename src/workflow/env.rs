@@ -28,6 +28,9 @@ pub struct Env {
     /// Whether `write` names a file it replaced (init and join: the node held something else;
     /// an upgrade replaces files by design and says so itself).
     pub name_replaced: bool,
+    /// The files this run wrote: replacing one of them again (kubelet-finalize's kubelet.conf) is
+    /// the run's own step, not worth naming.
+    written: std::collections::BTreeSet<PathBuf>,
 }
 
 impl Env {
@@ -83,6 +86,7 @@ impl Env {
             now,
             templates,
             name_replaced: true,
+            written: Default::default(),
         })
     }
 
@@ -103,6 +107,7 @@ impl Env {
     pub fn write(&mut self, phase: &str, file: &File) -> Result<Outcome> {
         let outcome = self.writer.write(&file.path, &file.contents, file.mode)?;
         let (path, mode) = (&file.path, file.mode);
+        let ours = !self.written.insert(path.clone());
         match &outcome {
             Outcome::WouldWrite => self.out.step(
                 "dryrun",
@@ -112,7 +117,7 @@ impl Env {
                 ),
                 json!({ "path": path, "mode": format!("{mode:04o}"), "origin": phase }),
             ),
-            Outcome::Replaced { backup } if self.name_replaced => self.out.step(
+            Outcome::Replaced { backup } if self.name_replaced && !ours => self.out.step(
                 phase,
                 &format!(
                     "Replaced {:?}; its previous content is kept in {:?}",
