@@ -878,11 +878,18 @@ fn a_join_killed_at_random_instants_is_completed_by_a_rerun() {
     let dirs = [node.path(KUBERNETES_DIR)];
     // A worker joins in about 30 s here (docs/figures.md), writing a handful of files.
     let typical = Duration::from_secs(30);
-    for n in 1..=common::kill::Killer::count(3) {
+    // A run that finished before its kill came (its write count smaller on a half-joined node)
+    // is no kill: go on until enough runs were killed.
+    let (wanted, mut kills) = (common::kill::Killer::count(3), 0);
+    for n in 1..=3 * wanted {
+        if kills == wanted {
+            break;
+        }
         let kill = killer.instant(typical, 6);
         let mut command = node.command(harness::binary());
         command.arg("join").args(&worker);
         let killed = common::kill::run_killed(command, kill);
+        kills += usize::from(killed);
         println!("kill #{n}: {kill:?}, killed: {killed}");
         let problems = common::tree::problems(&node.path(KUBERNETES_DIR), &dirs, None);
         assert!(
@@ -891,6 +898,11 @@ fn a_join_killed_at_random_instants_is_completed_by_a_rerun() {
             killer.seed
         );
     }
+    assert_eq!(
+        kills, wanted,
+        "seed {}: too few runs were killed",
+        killer.seed
+    );
     let (ok, text, _) = join_on(&node, &worker);
     assert!(
         ok,
