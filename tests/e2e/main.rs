@@ -513,7 +513,8 @@ fn a_crash_after_control_plane_is_completed_by_a_plain_rerun() {
 /// `init` on the real node killed at random instants (SIGKILL after a random delay within a
 /// typical run, or inside a random file write), each kill on what the last one left; then a
 /// plain run brings the control plane up. Seeded: `KUBEFORGE_KILL_SEED` replays,
-/// `KUBEFORGE_KILLS` sets how many kills (default 3).
+/// `KUBEFORGE_KILLS` sets how many kills (default 20; with the 7 of `certs renew` and the 3 of a
+/// join, 30 a run of the suite).
 #[test]
 fn init_killed_at_random_instants_is_completed_by_a_plain_rerun() {
     if !asked_for() {
@@ -524,7 +525,7 @@ fn init_killed_at_random_instants_is_completed_by_a_plain_rerun() {
     let mut killer = common::kill::Killer::from_env();
     // A whole init takes about 8 s here (docs/figures.md).
     let typical = Duration::from_secs(9);
-    for n in 1..=common::kill::Killer::count(3) {
+    for n in 1..=common::kill::Killer::count(20) {
         let kill = killer.instant(typical, 40);
         let mut command = std::process::Command::new(harness::binary());
         command.args(["init", "--config", config.to_str().unwrap()]);
