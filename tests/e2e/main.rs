@@ -513,8 +513,7 @@ fn a_crash_after_control_plane_is_completed_by_a_plain_rerun() {
 /// `init` on the real node killed at random instants (SIGKILL after a random delay within a
 /// typical run, or inside a random file write), each kill on what the last one left; then a
 /// plain run brings the control plane up. Seeded: `KUBEFORGE_KILL_SEED` replays,
-/// `KUBEFORGE_KILLS` sets how many kills (default 20; with the 7 of `certs renew` and the 3 of a
-/// join, 30 a run of the suite).
+/// `KUBEFORGE_KILLS` caps the kills (default 20): they stop at the first run that finished.
 #[test]
 fn init_killed_at_random_instants_is_completed_by_a_plain_rerun() {
     if !asked_for() {
@@ -537,6 +536,11 @@ fn init_killed_at_random_instants_is_completed_by_a_plain_rerun() {
             "seed {}, kill #{n} {kill:?}: {problems:#?}",
             killer.seed
         );
+        if !killed {
+            // It finished before its kill came: later runs would only kill a finished init.
+            // (More kills need a reset between them, as the join's scenario does.)
+            break;
+        }
     }
     let run = init(&s, &[], &[]);
     assert_ok(&s, &run);
