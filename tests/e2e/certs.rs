@@ -263,7 +263,7 @@ fn a_node_whose_certificates_all_expired_comes_back_with_certs_renew_all() {
 /// `certs renew all` (with its restarts) on the real node killed at random instants — a delay
 /// within a typical run, or inside a random file write — each kill on what the last one left; no
 /// file is ever half-written, and a plain run leaves every certificate with its own key and the
-/// four components Ready. Seeded: `KUBEFORGE_KILL_SEED` replays, `KUBEFORGE_KILLS` (default 7).
+/// four components Ready. Seeded: `KUBEFORGE_KILL_SEED` replays, `KUBEFORGE_KILLS` (default 24).
 #[test]
 fn certs_renew_killed_at_random_instants_is_completed_by_a_rerun() {
     if !asked_for() {
@@ -276,7 +276,7 @@ fn certs_renew_killed_at_random_instants_is_completed_by_a_rerun() {
     let dirs = [std::path::PathBuf::from(KUBERNETES_DIR)];
     // Renewing writes about 20 files; the restarts after them take most of the run's 30-60 s.
     let typical = Duration::from_secs(40);
-    for n in 1..=common::kill::Killer::count(7) {
+    for n in 1..=common::kill::Killer::count(24) {
         let kill = killer.instant(typical, 20);
         let mut command = Command::new(harness::binary());
         command.args(["certs", "renew", "all"]);
