@@ -763,6 +763,18 @@ fn join_on(node: &ExtraNode, args: &[String]) -> (bool, String, f64) {
     (ok, text, start.elapsed().as_secs_f64())
 }
 
+/// `kubeforge reset --force` on node 2, which must succeed; its output.
+fn reset_node2(node: &ExtraNode) -> String {
+    let (ok, reset) = finished(
+        node.command(harness::binary())
+            .args(["reset", "--force"])
+            .output()
+            .unwrap(),
+    );
+    assert!(ok, "reset on node 2 failed:\n{reset}");
+    reset
+}
+
 /// Node 2, with its own containerd and kubelet in its own namespaces, joins the kubeforge
 /// cluster as a control plane with every phase: discovery against the real cluster-info,
 /// kubeadm-certs as real kubeadm encrypted them, the TLS bootstrap of its kubelet, its etcd a
@@ -830,13 +842,7 @@ fn a_second_node_joins_as_control_plane_and_as_worker() {
         "the re-run restarted pods"
     );
 
-    let (ok, reset) = finished(
-        node.command(harness::binary())
-            .args(["reset", "--force"])
-            .output()
-            .unwrap(),
-    );
-    assert!(ok, "reset on node 2 failed:\n{reset}");
+    let reset = reset_node2(&node);
     assert!(reset.contains("Removed this node's etcd member"), "{reset}");
     let members = etcd_members();
     assert_eq!(members.len(), 1, "{members:?}");
@@ -887,13 +893,7 @@ fn a_join_killed_at_random_instants_is_completed_by_a_rerun() {
     for n in 1..=common::kill::Killer::count(3) {
         if n > 1 {
             // A fresh machine for each kill: the last one joined, and a re-run writes nothing.
-            let (ok, reset) = finished(
-                node.command(harness::binary())
-                    .args(["reset", "--force"])
-                    .output()
-                    .unwrap(),
-            );
-            assert!(ok, "reset on node 2 failed:\n{reset}");
+            reset_node2(&node);
             drop(node);
             harness::run(
                 std::process::Command::new(&s.host.kubectl)
@@ -966,16 +966,8 @@ fn kubeforge_joins_a_cluster_kubeadm_built() {
         let (ok, text, seconds) = join_on(&node, &control_plane_join_args(&s, &token, &hash, key));
         assert!(ok, "kubeforge's join of kubeadm's cluster failed:\n{text}");
         assert_node2_is_a_control_plane(&s, &COMPONENTS);
-        let (ok, reset) = finished(
-            node.command(harness::binary())
-                .args(["reset", "--force"])
-                .output()
-                .unwrap(),
-        );
-        assert!(
-            ok && reset.contains("Removed this node's etcd member"),
-            "{reset}"
-        );
+        let reset = reset_node2(&node);
+        assert!(reset.contains("Removed this node's etcd member"), "{reset}");
         seconds
     }));
     kubeadm_reset(&s);
