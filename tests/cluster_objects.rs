@@ -131,6 +131,8 @@ fn by_key(objects: Vec<Value>) -> BTreeMap<(String, String), Value> {
 }
 
 fn dry_run_objects() -> (PathBuf, Vec<Value>) {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), kubeadm_reference_config()).unwrap();
     let out = std::process::Command::new(BIN)
         .args([
             "init",
@@ -141,7 +143,7 @@ fn dry_run_objects() -> (PathBuf, Vec<Value>) {
             "preflight",
             "--config",
         ])
-        .arg(reference_dir().join("kubeadm-config.yaml"))
+        .arg(config.path())
         .output()
         .unwrap();
     assert!(

@@ -102,7 +102,7 @@ fn manifests_and_kubelet_files_equal_kubeadms_for_its_config() {
         );
     }
     let node = Node::new();
-    let reference = std::fs::read_to_string(reference_dir().join("kubeadm-config.yaml")).unwrap();
+    let reference = kubeadm_reference_config();
     // The reference ran with the default paths; only the kubernetes dir is redirected here.
     let cfg = reference.replace(
         "kubernetesVersion: v1.35.6\n",

@@ -12,7 +12,7 @@ use common::*;
 use std::collections::BTreeMap;
 
 fn reference_config(node: &Node) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(reference_dir().join("kubeadm-config.yaml")).unwrap();
+    let text = kubeadm_reference_config();
     let text = text.replace(
         "kubernetesVersion: v1.35.6\n",
         &format!(

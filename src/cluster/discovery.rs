@@ -295,6 +295,7 @@ pub async fn download_config(client: kube::Client) -> Result<crate::config::join
         cluster: super::stored::cluster_configuration(&client).await?,
         kubelet: super::stored::kubelet_configuration(&client).await?,
         endpoint: super::stored::endpoint_document(&client).await?,
+        security: super::stored::security_document(&client).await?,
     })
 }
 

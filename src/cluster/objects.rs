@@ -43,6 +43,9 @@ fn template(name: &str) -> &'static str {
         "upload-config-endpoint" => {
             include_str!("../../templates/cluster/upload-config-endpoint.yaml.hbs")
         }
+        "upload-config-security" => {
+            include_str!("../../templates/cluster/upload-config-security.yaml.hbs")
+        }
         "upload-config-kubelet" => {
             include_str!("../../templates/cluster/upload-config-kubelet.yaml.hbs")
         }
@@ -150,6 +153,18 @@ pub fn upload_config_endpoint(cfg: &Config) -> Result<Vec<Object>> {
     render_objects(
         "upload-config-endpoint",
         &json!({ "controlPlaneEndpoint": crate::config::endpoint::document(ep) }),
+    )
+}
+
+/// kubeforge's `kube-system/kubeforge-security`: the Security document joining nodes and
+/// upgrades render from (docs/security.md). kubeadm's profile stores none: kubeadm's objects only.
+pub fn upload_config_security(cfg: &Config) -> Result<Vec<Object>> {
+    if !cfg.security.hardened() {
+        return Ok(Vec::new());
+    }
+    render_objects(
+        "upload-config-security",
+        &json!({ "security": crate::config::security::document(&cfg.security) }),
     )
 }
 

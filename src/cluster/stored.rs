@@ -33,6 +33,17 @@ pub async fn endpoint_document(client: &kube::Client) -> Result<Option<String>> 
     }
 }
 
+/// The cluster's Security document (kubeforge's own), when it has one.
+pub async fn security_document(client: &kube::Client) -> Result<Option<String>> {
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
+    match maps.get("kubeforge-security").await {
+        Ok(map) => Ok(map.data.and_then(|mut d| d.remove("Security"))),
+        // A cluster kubeadm built has neither the map nor the Role letting a token read it.
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 403 => Ok(None),
+        Err(e) => Err(anyhow!("reading kube-system/kubeforge-security: {e}")),
+    }
+}
+
 /// The cluster's KubeletConfiguration document.
 pub async fn kubelet_configuration(client: &kube::Client) -> Result<String> {
     read(client, "kubelet-config", "kubelet").await

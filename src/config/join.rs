@@ -504,9 +504,11 @@ impl JoinRequest {
         {
             text.push_str(&format!("\n---\n{endpoint}"));
         }
+        let security = super::security::stored_or_kubeadm(stored.security.as_deref());
+        text.push_str(&format!("\n---\n{security}"));
         let mut cfg = super::load_str(
             &text,
-            "the cluster's kube-system/kubeadm-config, kubelet-config and kubeforge-endpoint",
+            "the cluster's kube-system/kubeadm-config, kubelet-config, kubeforge-endpoint and kubeforge-security",
             &Default::default(),
             kubernetes_dir,
         )?;
@@ -526,6 +528,8 @@ pub struct StoredConfig {
     pub kubelet: String,
     /// kubeforge's ControlPlaneEndpoint document, when the cluster has the balancers.
     pub endpoint: Option<String>,
+    /// kubeforge's Security document; none: the cluster keeps kubeadm's shape.
+    pub security: Option<String>,
 }
 
 #[cfg(test)]

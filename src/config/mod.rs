@@ -10,6 +10,7 @@ pub mod join;
 pub mod net;
 mod overrides;
 pub(crate) mod position;
+pub mod security;
 mod token;
 mod types;
 pub mod upgrade;
@@ -48,6 +49,8 @@ pub struct Config {
     pub upload_certs: bool,
     /// kubeforge's own `ControlPlaneEndpoint` document: the balancers to run (docs/ha-endpoint.md).
     pub endpoint: Option<endpoint::ControlPlaneEndpoint>,
+    /// kubeforge's own `Security` document: hardened defaults or kubeadm's (docs/security.md).
+    pub security: security::Security,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +114,7 @@ struct Documents {
     kubelet: Option<serde_yaml::Value>,
     kube_proxy: Option<serde_yaml::Value>,
     endpoint: Option<endpoint::ControlPlaneEndpoint>,
+    security: Option<security::Security>,
     /// v1beta3's `timeoutForControlPlane`, which v1beta4 moved into the InitConfiguration.
     timeout_for_control_plane: Option<GoDuration>,
 }
@@ -169,6 +173,7 @@ fn load_documents(
         kube_proxy: docs.kube_proxy,
         upload_certs: overrides.upload_certs,
         endpoint: docs.endpoint,
+        security: docs.security.unwrap_or_default(),
     })
 }
 
@@ -220,6 +225,10 @@ fn read_document(
         (endpoint::API_VERSION, endpoint::KIND) => {
             origin.docs.push((kind.clone(), doc));
             docs.endpoint = Some(typed(origin, doc, &kind, document.fields())?);
+        }
+        (endpoint::API_VERSION, security::KIND) => {
+            origin.docs.push((kind.clone(), doc));
+            docs.security = Some(typed(origin, doc, &kind, document.fields())?);
         }
         (av, k) => return Err(unknown_kind(origin, doc, av, k)),
     }

@@ -28,6 +28,8 @@ pub struct Stored {
     pub cluster_configuration: String,
     pub kubelet: Option<String>,
     pub kube_proxy: Option<String>,
+    /// kubeforge's Security document; none: the cluster keeps kubeadm's shape.
+    pub security: Option<String>,
 }
 
 async fn config_map_key(client: &kube::Client, name: &str, key: &str) -> Result<Option<String>> {
@@ -54,6 +56,7 @@ pub async fn read_stored(client: &kube::Client) -> Result<Stored> {
         cluster_configuration,
         kubelet: config_map_key(client, "kubelet-config", "kubelet").await?,
         kube_proxy,
+        security: crate::cluster::stored::security_document(client).await?,
     })
 }
 
@@ -167,6 +170,8 @@ pub fn node_config(
     for doc in [&stored.kubelet, &stored.kube_proxy].into_iter().flatten() {
         text.push_str(&format!("---\n{doc}\n"));
     }
+    let security = config::security::stored_or_kubeadm(stored.security.as_deref());
+    text.push_str(&format!("---\n{security}\n"));
     let source = "the cluster's kube-system/kubeadm-config, kubelet-config and kube-proxy";
     let mut cfg = config::load_str(&text, source, &Default::default(), &layout.kubernetes_dir)?;
     let mut plain = cfg.clone();

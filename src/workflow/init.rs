@@ -398,6 +398,7 @@ fn upload_config(d: &mut InitData, step: &Step) -> Result<()> {
         );
         all.extend(objects::upload_config_kubeadm(&env.cfg)?);
         all.extend(objects::upload_config_endpoint(&env.cfg)?);
+        all.extend(objects::upload_config_security(&env.cfg)?);
     }
     if step.children.iter().any(|c| c == "kubelet") {
         env.out.step(

@@ -22,6 +22,13 @@ pub fn reference_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/kubeadm-v1.35.6")
 }
 
+/// The config real kubeadm v1.35.6 was given, with kubeforge's switch to kubeadm's own files
+/// (profile `kubeadm`, docs/security.md): what the differential tests render.
+pub fn kubeadm_reference_config() -> String {
+    std::fs::read_to_string(reference_dir().join("kubeadm-config.yaml")).unwrap()
+        + "---\napiVersion: kubeforge.io/v1alpha1\nkind: Security\nprofile: kubeadm\n"
+}
+
 /// Panics with the package to install when `tool` is not on PATH.
 pub fn require_tool(tool: &str) {
     let found = std::env::var_os("PATH")
