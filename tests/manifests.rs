@@ -22,13 +22,7 @@ fn render(node: &Node, config_text: &str) -> PathBuf {
         "--config",
         node.config_path().to_str().unwrap(),
     ]);
-    let dir = out
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("[dryrun] Writing files into \"")
-                .and_then(|r| r.strip_suffix("\" instead of the node"))
-        })
-        .expect("dry-run names its directory");
+    let dir = dry_run_dir(&out);
     // Keep what the dry-run wrote inside the node's temp dir, so it is cleaned up with it.
     let kept = node.root().join(format!(
         "dryrun-{}",

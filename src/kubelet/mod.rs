@@ -19,6 +19,15 @@ const CONFIG_TEMPLATE: &str = include_str!("../../templates/kubelet-config.yaml.
 /// kubeadm writes the kubelet's files world-readable.
 pub const FILE_MODE: u32 = 0o644;
 
+/// The mode of the kubelet's files: root's only in profile hardened (CIS 4.1.9), else kubeadm's.
+pub fn file_mode(cfg: &Config) -> u32 {
+    if cfg.security.hardened() {
+        0o600
+    } else {
+        FILE_MODE
+    }
+}
+
 /// The kubelet's files for this node, in kubeadm's order: (name under the kubelet dir, content,
 /// what kubeadm calls it in its output).
 pub fn files(cfg: &Config, layout: &Layout) -> Result<Vec<(&'static str, String, &'static str)>> {
@@ -68,6 +77,9 @@ pub fn cluster_config(cfg: &Config, layout: &Layout) -> Result<Value> {
         }),
     )?;
     let mut value: Value = serde_yaml::from_str(&text).context("the kubelet config template")?;
+    if cfg.security.hardened() {
+        merge(&mut value, crate::manifests::hardened::kubelet_settings());
+    }
     if let Some(user) = &cfg.kubelet {
         merge(
             &mut value,

@@ -2,6 +2,7 @@
 //! k8s-openapi `Pod`, completed with the operator's extraArgs / extraVolumes / extraEnvs, and
 //! serialized deterministically (keys sorted at every level, as kubeadm's output is).
 
+pub mod hardened;
 pub mod patches;
 
 use anyhow::{anyhow, Context, Result};
@@ -347,6 +348,7 @@ impl Renderer<'_> {
             // kubeadm v1.36 no longer mounts the FlexVolume plugin directory.
             "flexVolume": cfg.kubernetes_minor() < 36,
             "probe": self.probe(&host, 10257),
+            "cis": hardened::template_data(cfg, self.layout),
         })
     }
 
@@ -356,6 +358,7 @@ impl Renderer<'_> {
             "image": self.image(Component::KubeScheduler),
             "kubeconfig": self.layout.kubeconfig("scheduler.conf"),
             "probe": self.probe(&host, 10259),
+            "cis": hardened::template_data(self.cfg, self.layout),
         })
     }
 
@@ -380,6 +383,7 @@ impl Renderer<'_> {
             "etcd": self.apiserver_etcd(),
             "caTrust": ca_trust(),
             "probe": self.probe(host, port),
+            "cis": hardened::template_data(cfg, self.layout),
         })
     }
 
@@ -453,6 +457,7 @@ impl Renderer<'_> {
             "etcd36": version.is_some_and(|v| v >= (3, 6, 0)),
             "probes": probes,
             "probe": self.probe(loopback, 2381),
+            "cis": hardened::template_data(cfg, self.layout),
         }))
     }
 }

@@ -23,6 +23,11 @@ pub struct Layout {
     pub etcd_data_dir: PathBuf,
     /// `<kubernetes_dir>/tmp`: backups of replaced files.
     pub backup_dir: PathBuf,
+    /// `<kubernetes_dir>/audit`: the API server's audit policy (hardened profile).
+    pub audit_policy_dir: PathBuf,
+    /// `/var/log/kubernetes/audit` under the root the kubernetes dir sits in (`<root>/etc/kubernetes`,
+    /// else `/`): the API server's audit log (hardened profile).
+    pub audit_log_dir: PathBuf,
 }
 
 impl Layout {
@@ -39,6 +44,8 @@ impl Layout {
             kubelet_dir: kubelet_dir.to_path_buf(),
             etcd_data_dir: etcd_data_dir.to_path_buf(),
             backup_dir: kubernetes_dir.join("tmp"),
+            audit_policy_dir: kubernetes_dir.join("audit"),
+            audit_log_dir: host_root(kubernetes_dir).join("var/log/kubernetes/audit"),
         }
     }
 
@@ -57,6 +64,16 @@ impl Layout {
             self.pki_dir.join(format!("{base}.crt")),
             self.pki_dir.join(format!("{base}.key")),
         )
+    }
+}
+
+/// The directory a node's `etc/kubernetes` sits in: `/` on a real node, the test's root for a node
+/// laid out under a temporary directory; `/` for a kubernetes dir named otherwise.
+fn host_root(kubernetes_dir: &Path) -> &Path {
+    if kubernetes_dir.ends_with("etc/kubernetes") {
+        kubernetes_dir.ancestors().nth(2).unwrap_or(Path::new("/"))
+    } else {
+        Path::new("/")
     }
 }
 

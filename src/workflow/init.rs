@@ -10,7 +10,7 @@ use super::{Data, Env, Phase, Selection, Step};
 use crate::cluster::{certs_secret, control_plane, objects, token, tokens};
 use crate::config::{CertificateKey, Token};
 use crate::kubeconfig::{self, Kubeconfig};
-use crate::manifests::{Component, MANIFEST_MODE};
+use crate::manifests::{hardened, Component, MANIFEST_MODE};
 use crate::node::{File, Outcome};
 use crate::output::Output;
 use crate::pki;
@@ -280,10 +280,44 @@ fn component_of(step: &Step) -> Component {
         .expect("a manifest phase is named after its component")
 }
 
-/// One component's manifest, rendered and written.
+/// One component's manifest, rendered and written (the API server's after the files it names).
 pub(super) fn write_component(env: &mut Env, phase: &str, component: Component) -> Result<()> {
     let yaml = env.renderer().render(component)?;
+    if component == Component::KubeApiserver {
+        write_audit_files(env, phase)?;
+    }
     write_manifest_file(env, phase, component, yaml)
+}
+
+/// Profile hardened: the API server's audit policy and the directory of its audit log.
+pub(super) fn write_audit_files(env: &mut Env, phase: &str) -> Result<()> {
+    if !env.cfg.security.hardened() {
+        return Ok(());
+    }
+    ensure_audit_log_dir(env)?;
+    let path = hardened::audit_policy_file(&env.layout);
+    let file = File::new(
+        path.clone(),
+        hardened::AUDIT_POLICY,
+        hardened::AUDIT_POLICY_MODE,
+    );
+    if !matches!(env.write(phase, &file)?, Outcome::Unchanged) {
+        env.out.step(
+            phase,
+            &format!(
+                "Writing the audit policy to {:?}",
+                path.display().to_string()
+            ),
+            json!({ "path": path, "auditLogDir": env.layout.audit_log_dir }),
+        );
+    }
+    Ok(())
+}
+
+/// The one place the audit log's directory is made (its owner and mode are set here).
+fn ensure_audit_log_dir(env: &mut Env) -> Result<()> {
+    let dir = env.layout.audit_log_dir.clone();
+    env.writer.ensure_dir(&dir, hardened::AUDIT_LOG_DIR_MODE)
 }
 
 pub(super) fn write_manifest_file(
@@ -373,7 +407,7 @@ pub(super) fn write_kubelet_files_and_start(env: &mut Env) -> Result<()> {
             ),
             json!({ "path": path }),
         );
-        let file = File::new(path, content, crate::kubelet::FILE_MODE);
+        let file = File::new(path, content, crate::kubelet::file_mode(&env.cfg));
         changed |= !matches!(env.write("kubelet-start", &file)?, Outcome::Unchanged);
     }
     env.effects().start_kubelet(env, changed)

@@ -29,6 +29,17 @@ pub fn kubeadm_reference_config() -> String {
         + "---\napiVersion: kubeforge.io/v1alpha1\nkind: Security\nprofile: kubeadm\n"
 }
 
+/// The directory `init --dry-run` wrote into, from its output.
+pub fn dry_run_dir(stdout: &str) -> &str {
+    stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("[dryrun] Writing files into \"")
+                .and_then(|r| r.strip_suffix("\" instead of the node"))
+        })
+        .expect("dry-run names its directory")
+}
+
 /// Panics with the package to install when `tool` is not on PATH.
 pub fn require_tool(tool: &str) {
     let found = std::env::var_os("PATH")

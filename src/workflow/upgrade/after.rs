@@ -134,13 +134,13 @@ pub fn kubelet_config(d: &mut UpgradeData, _: &Step) -> Result<()> {
     let mut files = vec![File::new(
         d.env.layout.kubelet_dir.join("config.yaml"),
         crate::kubelet::config_yaml(cfg, &d.env.layout)?,
-        crate::kubelet::FILE_MODE,
+        crate::kubelet::file_mode(cfg),
     )];
     if let Some(instance) = crate::kubelet::instance_config(cfg) {
         files.push(File::new(
             d.env.layout.kubelet_dir.join("instance-config.yaml"),
             instance,
-            crate::kubelet::FILE_MODE,
+            crate::kubelet::file_mode(cfg),
         ));
     }
     for file in files {
@@ -296,7 +296,7 @@ pub fn post_upgrade(d: &mut UpgradeData, _: &Step) -> Result<()> {
     if cleaned != text && d.env.cfg.kubernetes_minor() >= 35 {
         d.env.write(
             "post-upgrade",
-            &File::new(path.clone(), cleaned, crate::kubelet::FILE_MODE),
+            &File::new(path.clone(), cleaned, crate::kubelet::file_mode(&d.env.cfg)),
         )?;
         d.say(
             "upgrade",

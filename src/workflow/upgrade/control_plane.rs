@@ -89,6 +89,9 @@ pub fn upgrade_component(d: &mut UpgradeData, step: &Step) -> Result<()> {
         &format!("Preparing for {name:?} upgrade"),
         json!({ "component": name }),
     );
+    if component == Component::KubeApiserver {
+        crate::workflow::init::write_audit_files(&mut d.env, "control-plane")?;
+    }
     if manifest::same(&live, &new) {
         d.say(
             "upgrade/staticpods",
