@@ -38,8 +38,14 @@ fn systemctl(args: &[&str]) -> bool {
 }
 
 /// `kubelet-start`'s last step: the kubelet (re)started when its files `changed` or it is not
-/// running.
-pub fn start(writer: &mut HostWriter, out: &Output, layout: &Layout, changed: bool) -> Result<()> {
+/// running. A drop-in kubeforge installs gets `mode` (the kubelet's files' mode: CIS 4.1.1).
+pub fn start(
+    writer: &mut HostWriter,
+    out: &Output,
+    layout: &Layout,
+    changed: bool,
+    mode: u32,
+) -> Result<()> {
     if !systemd_runs_it(layout) {
         out.step(
             "kubelet-start",
@@ -50,7 +56,7 @@ pub fn start(writer: &mut HostWriter, out: &Output, layout: &Layout, changed: bo
     }
     let mut changed = changed;
     if !DROP_IN_PATHS.iter().any(|p| Path::new(p).exists()) {
-        writer.write(Path::new(DROP_IN_PATHS[0]), DROP_IN.as_bytes(), 0o644)?;
+        writer.write(Path::new(DROP_IN_PATHS[0]), DROP_IN.as_bytes(), mode)?;
         changed = true;
     }
     if !changed && systemctl(&["is-active", "--quiet", "kubelet"]) {

@@ -192,7 +192,8 @@ impl Effects for Live {
     }
 
     fn start_kubelet(&self, env: &mut Env, changed: bool) -> Result<()> {
-        crate::kubelet::service::start(&mut env.writer, &env.out, &env.layout, changed)
+        let mode = crate::kubelet::file_mode(&env.cfg);
+        crate::kubelet::service::start(&mut env.writer, &env.out, &env.layout, changed, mode)
     }
 
     fn restart_kubelet(&self, env: &Env, phase: &str) {

@@ -3,6 +3,7 @@
 //! KUBEFORGE_E2E=1 every scenario says it was not asked for and passes; with it, a missing
 //! prerequisite is a failure that names it.
 
+mod bench;
 mod certs;
 #[path = "../common/mod.rs"]
 mod common;
@@ -350,6 +351,8 @@ fn init_brings_up_the_control_plane_and_a_rerun_changes_nothing() {
     assert_ok(&s, &run);
     assert_control_plane_ready(&s);
     assert_cluster_bootstrapped(&s, &run);
+    bench::assert_cis_benchmark_passes("kubeforge init", None, bench::CONTROL_PLANE);
+    bench::assert_audit_log_written(&s);
     assert_the_signer_keeps_kubeforges_signature(&s, &run);
     let written = run
         .at("Creating static Pod manifest for \"kube-scheduler\"")
@@ -508,6 +511,7 @@ fn a_crash_after_control_plane_is_completed_by_a_plain_rerun() {
     let run = init(&s, &[], &[]);
     assert_ok(&s, &run);
     assert_control_plane_ready(&s);
+    bench::assert_audit_log_rotates(&s);
 }
 
 /// `init` on the real node killed at random instants (SIGKILL after a random delay within a
@@ -813,6 +817,11 @@ fn a_second_node_joins_as_control_plane_and_as_worker() {
     assert_no_signature_wait(&text);
     assert!(text.contains("is promoted"), "{text}");
     assert_node2_is_a_control_plane(&s, &COMPONENTS);
+    bench::assert_cis_benchmark_passes(
+        "node 2 joined as a control plane",
+        Some(&node),
+        bench::CONTROL_PLANE,
+    );
     for shared in ["ca.key", "sa.key", "front-proxy-ca.key", "etcd/ca.key"] {
         assert_eq!(
             std::fs::read(node.path(&format!("{KUBERNETES_DIR}/pki/{shared}"))).unwrap(),
@@ -871,6 +880,7 @@ fn a_second_node_joins_as_control_plane_and_as_worker() {
     assert!(!node
         .path(&format!("{KUBERNETES_DIR}/manifests/etcd.yaml"))
         .exists());
+    bench::assert_cis_benchmark_passes("node 2 joined as a worker", Some(&node), bench::WORKER);
     println!("FIGURES: node 2 (own kubelet and containerd) joined as a control plane in {seconds:.1} s (a re-run: {rerun_seconds:.1} s), as a worker in {worker_seconds:.1} s");
 }
 
@@ -960,6 +970,7 @@ fn kubeforge_joins_a_cluster_kubeadm_built() {
     println!("{init}");
     let (token, hash, key) = printed_join(&init);
     let joined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        bench::print_cis_benchmark("kubeadm v1.35.6 init", None, bench::CONTROL_PLANE);
         assert_the_api_server_made_the_priority_classes_kubeforge_makes(&s);
         let node = ExtraNode::start(&s.host);
         let key = key.as_deref().expect("kubeadm printed a certificate key");

@@ -1,6 +1,7 @@
 //! More nodes on the same host, for joins: node N (2, 3) is a network namespace on a bridge
 //! routed through this host (address 10.78.0.N), a mount namespace where /etc/kubernetes,
-//! /var/lib/{kubelet,etcd,containerd}, /run/containerd and /var/log/pods are its own directories,
+//! /var/lib/{kubelet,etcd,containerd}, /run/containerd, /var/log/pods and /var/log/kubernetes (the
+//! API server's audit log) are its own directories,
 //! its own containerd (this host's control-plane images copied in) and its own kubelet under the
 //! cgroup root /kf-e2e-nodeN — everything another machine brings to `join`, and all of it removed
 //! again on drop (the bridge with the last node).
@@ -33,13 +34,14 @@ fn cgroup_root(index: u8) -> String {
 }
 
 /// Node 2's own directories, bound over the host's inside its mount namespace.
-const OWN_DIRS: [&str; 6] = [
+const OWN_DIRS: [&str; 7] = [
     KUBERNETES_DIR,
     KUBELET_DIR,
     "/var/lib/etcd",
     "/var/lib/containerd",
     "/run/containerd",
     "/var/log/pods",
+    "/var/log/kubernetes",
 ];
 
 pub struct ExtraNode {
