@@ -13,6 +13,11 @@ use crate::node2::ExtraNode;
 /// What a control-plane node is scored on, and a worker.
 pub const CONTROL_PLANE: &str = "master,etcd,controlplane,node";
 pub const WORKER: &str = "node";
+/// Node 2 as a control plane beside node 1: without `etcd`, whose checks read the etcd process's
+/// environment through `ps -C etcd`, which in this rig's shared process list names both nodes'
+/// etcd (kube-bench's audit then fails on two PIDs). Node 2's etcd manifest comes from the same
+/// template as node 1's, scored with `etcd` after init.
+pub const SECOND_CONTROL_PLANE: &str = "master,controlplane,node";
 
 const AUDIT_LOG_DIR: &str = "/var/log/kubernetes/audit";
 

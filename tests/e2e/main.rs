@@ -820,7 +820,7 @@ fn a_second_node_joins_as_control_plane_and_as_worker() {
     bench::assert_cis_benchmark_passes(
         "node 2 joined as a control plane",
         Some(&node),
-        bench::CONTROL_PLANE,
+        bench::SECOND_CONTROL_PLANE,
     );
     for shared in ["ca.key", "sa.key", "front-proxy-ca.key", "etcd/ca.key"] {
         assert_eq!(
