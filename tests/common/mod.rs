@@ -45,8 +45,36 @@ pub struct Node {
     pub dir: tempfile::TempDir,
 }
 
+/// The account a hardened init runs kube-apiserver as, made once per test process when missing:
+/// a run that finds it there never removes it, so tests running side by side cannot remove it
+/// from under each other (tests/rootless.rs checks the lifecycle with its own account).
+pub fn ensure_apiserver_account() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let present = Command::new("getent")
+            .args(["passwd", "kube-apiserver"])
+            .output()
+            .expect("getent")
+            .status
+            .success();
+        if !present {
+            let out = Command::new("useradd")
+                .args(["--system", "--user-group", "--no-create-home"])
+                .args(["--shell", "/usr/sbin/nologin", "kube-apiserver"])
+                .output()
+                .expect("useradd");
+            assert!(
+                out.status.success() || String::from_utf8_lossy(&out.stderr).contains("exists"),
+                "useradd kube-apiserver: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    });
+}
+
 impl Node {
     pub fn new() -> Node {
+        ensure_apiserver_account();
         Node {
             dir: tempfile::tempdir().expect("tempdir"),
         }
@@ -106,6 +134,30 @@ etcd:
             .arg("--kubelet-dir")
             .arg(self.root().join("var/lib/kubelet"));
         c
+    }
+
+    /// `init` with `cfg`, only the phases that write host files.
+    pub fn init_host_phases(&self, cfg: &Path) -> String {
+        self.run_ok(&[
+            "init",
+            "--skip-phases",
+            HOST_PHASES_ONLY,
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+    }
+
+    /// `certs renew all --no-restart` with this node's config.
+    pub fn renew_all(&self) -> String {
+        let cfg = self.config_path();
+        self.run_ok(&[
+            "certs",
+            "renew",
+            "all",
+            "--no-restart",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
     }
 
     pub fn run_ok(&self, args: &[&str]) -> String {

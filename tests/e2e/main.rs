@@ -9,6 +9,7 @@ mod common;
 mod ha;
 mod harness;
 mod node2;
+mod rootless;
 mod upgrade;
 
 use std::collections::BTreeMap;
@@ -349,6 +350,7 @@ fn init_brings_up_the_control_plane_and_a_rerun_changes_nothing() {
     let run = init(&s, &["--upload-certs"], &[]);
     assert_ok(&s, &run);
     assert_control_plane_ready(&s);
+    rootless::assert_runs_rootless(&s);
     assert_cluster_bootstrapped(&s, &run);
     assert_the_signer_keeps_kubeforges_signature(&s, &run);
     let written = run
@@ -813,6 +815,7 @@ fn a_second_node_joins_as_control_plane_and_as_worker() {
     assert_no_signature_wait(&text);
     assert!(text.contains("is promoted"), "{text}");
     assert_node2_is_a_control_plane(&s, &COMPONENTS);
+    rootless::assert_node_runs_rootless(&node);
     for shared in ["ca.key", "sa.key", "front-proxy-ca.key", "etcd/ca.key"] {
         assert_eq!(
             std::fs::read(node.path(&format!("{KUBERNETES_DIR}/pki/{shared}"))).unwrap(),
