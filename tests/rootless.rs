@@ -136,6 +136,13 @@ fn a_hardened_init_gives_each_component_exactly_its_files_and_renders_its_securi
             serde_json::json!(["ALL"]),
             "{component}"
         );
+        // kube-apiserver's binary has the file capability: exec needs it in the bounding set.
+        let add = if component == "kube-apiserver" {
+            serde_json::json!(["NET_BIND_SERVICE"])
+        } else {
+            serde_json::Value::Null
+        };
+        assert_eq!(sc["capabilities"]["add"], add, "{component}");
     }
 }
 
@@ -340,4 +347,34 @@ fn certs_renew_gives_the_new_keys_the_same_readers() {
     node.renew_all();
     assert_ne!(std::fs::read(&key).unwrap(), before, "a new key");
     assert_hardened_access(&node);
+}
+
+#[test]
+fn a_control_plane_join_gives_the_downloaded_and_its_own_keys_their_readers() {
+    let _turn = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
+    let (cluster_node, joiner) = (Node::new(), Node::new());
+    let (_standin, endpoint) = standin::join_cluster(&cluster_node, &joiner.pki());
+    let key = upload_certs(&cluster_node);
+    let pin = openssl_ca_pin(&cluster_node.pki().join("ca.crt"));
+    let args = standin::control_plane_prepare(&endpoint, &pin, &key);
+    joiner.run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    for (file, reader) in [
+        ("sa.key", "kube-apiserver:r--"),
+        ("sa.pub", "kube-apiserver:r--"),
+        ("apiserver.key", "kube-apiserver:r--"),
+        ("front-proxy-client.key", "kube-apiserver:r--"),
+    ] {
+        assert_eq!(
+            named_users(&joiner.pki().join(file)),
+            vec![reader.to_string()],
+            "{file}"
+        );
+    }
+    for file in ["ca.key", "front-proxy-ca.key", "etcd/ca.key"] {
+        assert_eq!(
+            named_users(&joiner.pki().join(file)),
+            Vec::<String>::new(),
+            "{file}"
+        );
+    }
 }

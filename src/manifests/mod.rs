@@ -263,8 +263,8 @@ impl Renderer<'_> {
     }
 
     /// The securityContext of a hardened `component` (docs/security.md, "Non-root components"):
-    /// every capability dropped, and etcd and kube-apiserver run as their own accounts (the IDs
-    /// they exist with, or the ones they will be made with).
+    /// capabilities dropped, no privilege escalation, and etcd and kube-apiserver run as their
+    /// own accounts (the IDs they exist with, or the ones they will be made with).
     fn rootless(&self, component: Component) -> Result<Value> {
         let hardened = self.cfg.security.hardened();
         let user = match component {
@@ -279,10 +279,15 @@ impl Renderer<'_> {
             }
             None => json!(false),
         };
+        // The kube-apiserver binary carries the file capability cap_net_bind_service: its exec
+        // fails unless the bounding set keeps it (kubeadm adds it for the same reason). Without
+        // privilege escalation the process never gains it, which a port below 1024 needs.
+        let apiserver = component == Component::KubeApiserver;
         Ok(json!({
             "container": hardened,
             "runAs": run_as,
-            "netBindService": component == Component::KubeApiserver && self.cfg.bind_port() < 1024,
+            "netBindService": apiserver,
+            "noEscalation": !(apiserver && self.cfg.bind_port() < 1024),
         }))
     }
 
