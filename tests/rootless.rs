@@ -293,12 +293,15 @@ fn etcd_as_the_etcd_user_serves_with_its_keys_and_another_user_cannot_read_them(
     );
 }
 
-#[test]
-fn reset_removes_the_account_kubeforge_made_and_never_a_preexisting_etcd() {
-    let _one = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
+fn account_gone(name: &str) -> bool {
+    !run_tool("getent", &["passwd", name]).status.success()
+}
+
+/// A node after a hardened init that made the `kube-apiserver` account itself.
+fn node_that_made_the_apiserver_account() -> (std::sync::MutexGuard<'static, ()>, Node) {
+    let turn = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
     let node = Node::new();
-    let gone = |name: &str| !run_tool("getent", &["passwd", name]).status.success();
-    if !gone("kube-apiserver") {
+    if !account_gone("kube-apiserver") {
         tool_ok("userdel", &["kube-apiserver"]);
     }
     if run_tool("getent", &["group", "kube-apiserver"])
@@ -307,9 +310,15 @@ fn reset_removes_the_account_kubeforge_made_and_never_a_preexisting_etcd() {
     {
         tool_ok("groupdel", &["kube-apiserver"]);
     }
-    let etcd_before = id(&["etcd"]);
     init(&node, "");
-    assert!(!gone("kube-apiserver"), "init made the account");
+    assert!(!account_gone("kube-apiserver"), "init made the account");
+    (turn, node)
+}
+
+#[test]
+fn reset_removes_the_account_kubeforge_made_and_never_a_preexisting_etcd() {
+    let etcd_before = id(&["etcd"]);
+    let (_turn, node) = node_that_made_the_apiserver_account();
     assert_eq!(
         tool_ok("getent", &["passwd", "kube-apiserver"])
             .split(':')
@@ -324,7 +333,10 @@ fn reset_removes_the_account_kubeforge_made_and_never_a_preexisting_etcd() {
         out.contains("the system account \"kube-apiserver\""),
         "{out}"
     );
-    assert!(gone("kube-apiserver"), "reset removed the account it made");
+    assert!(
+        account_gone("kube-apiserver"),
+        "reset removed the account it made"
+    );
     assert!(!run_tool("getent", &["group", "kube-apiserver"])
         .status
         .success());
@@ -377,4 +389,33 @@ fn a_control_plane_join_gives_the_downloaded_and_its_own_keys_their_readers() {
             "{file}"
         );
     }
+}
+
+#[test]
+fn reset_leaves_an_account_a_process_still_runs_as_and_says_so() {
+    let (_turn, node) = node_that_made_the_apiserver_account();
+    let mut sleeper = Command::new("setpriv")
+        .args([
+            "--reuid=kube-apiserver",
+            "--regid=kube-apiserver",
+            "--clear-groups",
+        ])
+        .args(["sleep", "120"])
+        .spawn()
+        .expect("setpriv");
+    let out = node.run_ok(&["reset", "--force"]);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(
+        out.contains("WARNING: the system account \"kube-apiserver\" stays"),
+        "{out}"
+    );
+    assert!(
+        !account_gone("kube-apiserver"),
+        "userdel refused: the account stays"
+    );
+    assert!(
+        !node.kubernetes_dir().join("tmp/kubeforge-journal").exists(),
+        "the reset went on"
+    );
 }

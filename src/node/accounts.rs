@@ -113,10 +113,26 @@ pub fn create(planned: &Account) -> Result<Account> {
     lookup(name)?.with_context(|| format!("useradd made no account {name}"))
 }
 
-/// Removes the user `name` and its group; an account already gone is nothing to do.
+/// Removes the user `name` and its group; an account already gone is nothing to do. While a
+/// process still runs as the user (a static pod the kubelet is stopping), userdel refuses
+/// (exit 8): retried for 10 s.
 pub fn remove(name: &str) -> Result<()> {
-    if nix::unistd::User::from_name(name)?.is_some() {
-        run("userdel", &[name])?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while nix::unistd::User::from_name(name)?.is_some() {
+        let out = Command::new("userdel")
+            .arg(name)
+            .output()
+            .context("running userdel (Debian package passwd)")?;
+        if out.status.success() {
+            break;
+        }
+        if out.status.code() != Some(8) || std::time::Instant::now() > deadline {
+            bail!(
+                "userdel {name} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
     if nix::unistd::Group::from_name(name)?.is_some() {
         run("groupdel", &[name])?;

@@ -176,8 +176,7 @@ fn cleanup_node(d: &mut ResetData, _: &Step) -> Result<()> {
     Ok(())
 }
 
-/// The accounts kubeforge made, once their pods are stopped (before the record of them goes,
-/// so a reset that fails here finds them again when run once more).
+/// The accounts kubeforge made, once their pods are stopped.
 fn remove_accounts(d: &mut ResetData) -> Result<()> {
     for name in d.accounts.clone() {
         d.say(
@@ -187,7 +186,14 @@ fn remove_accounts(d: &mut ResetData) -> Result<()> {
             ),
             json!({ "account": name, "dryRun": d.dry_run }),
         );
-        d.writer.remove_account(&name)?;
+        // Another node's pod on this machine may still run as it (nodes in namespaces of one
+        // host share /etc/passwd): said, and the reset goes on.
+        if let Err(e) = d.writer.remove_account(&name) {
+            d.say(
+                &format!("WARNING: the system account {name:?} stays: {e:#}; remove it with `userdel {name}` once nothing runs as it"),
+                json!({ "warning": "account left", "account": name, "error": format!("{e:#}") }),
+            );
+        }
     }
     Ok(())
 }
