@@ -330,6 +330,27 @@ pub fn cert_facts(path: &Path) -> CertFacts {
     ))
 }
 
+/// The mode of `path` as its owner, owning group and others have it, read with `getfacl`: a key
+/// a non-root component reads through an ACL entry (docs/security.md) shows 0640 in `stat` (the
+/// ACL mask) while its group entry stays `---`; this is 0600 for it.
+pub fn permission_bits(path: &Path) -> u32 {
+    let text = tool_ok("getfacl", &["--absolute-names", path.to_str().unwrap()]);
+    let bits = |entry: &str| {
+        let perms = text
+            .lines()
+            .find_map(|l| l.strip_prefix(entry))
+            .unwrap_or_else(|| panic!("no {entry} entry for {}", path.display()));
+        let perms = perms.split_whitespace().next().unwrap_or_default();
+        ["r", "w", "x"]
+            .iter()
+            .zip([4, 2, 1])
+            .filter(|(c, _)| perms.contains(*c))
+            .map(|(_, b)| b)
+            .sum::<u32>()
+    };
+    (bits("user::") << 6) | (bits("group::") << 3) | bits("other::")
+}
+
 pub fn mode(path: &Path) -> u32 {
     std::fs::metadata(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
