@@ -148,3 +148,22 @@ pub fn recorded(record: &Path) -> Result<Vec<String>> {
         Err(e) => Err(e).with_context(|| format!("reading {}", record.display())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_existing_account_is_used_and_a_missing_one_gets_a_free_system_id() {
+        let nobody = existing_or_planned("nobody").unwrap();
+        assert_eq!(Some(nobody.clone()), lookup("nobody").unwrap());
+        let planned = existing_or_planned("kubeforge-no-such-account").unwrap();
+        assert!(SYSTEM_IDS.contains(&planned.uid), "{planned:?}");
+        assert_eq!(
+            planned.uid, planned.gid,
+            "a fresh user and group share the ID"
+        );
+        assert!(!used_ids("/etc/passwd").unwrap().contains(&planned.uid));
+        assert!(!used_ids("/etc/group").unwrap().contains(&planned.gid));
+    }
+}

@@ -909,6 +909,57 @@ mod tests {
     }
 
     #[test]
+    fn a_granted_key_keeps_its_reader_and_a_granted_tree_gets_its_owner() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        let l = layout(root.path());
+        let mut w = HostWriter::open(&l, false).unwrap();
+        let nobody = accounts::lookup("nobody")
+            .unwrap()
+            .expect("Debian's nobody");
+        let key = l.pki_dir.join("k.key");
+        let reads = Access {
+            mode: 0o600,
+            owner: None,
+            readers: vec!["nobody".into()],
+        };
+        w.grant(&key, reads);
+        let acl = acl::encode(0o600, &[nobody.uid], false);
+        assert_eq!(w.write(&key, b"k", 0o600).unwrap(), Outcome::Created);
+        assert_eq!(acl::get(&key).unwrap(), Some(acl.clone()));
+        acl::remove(&key).unwrap();
+        assert_eq!(w.write(&key, b"k", 0o600).unwrap(), Outcome::ModeFixed);
+        assert_eq!(acl::get(&key).unwrap(), Some(acl.clone()));
+        assert_eq!(w.write(&key, b"k", 0o600).unwrap(), Outcome::Unchanged);
+        assert!(matches!(
+            w.write(&key, b"k2", 0o600).unwrap(),
+            Outcome::Replaced { .. }
+        ));
+        assert_eq!(acl::get(&key).unwrap(), Some(acl));
+
+        // What a restore run as root made: owned by the account after own_tree.
+        let data = l.etcd_data_dir.clone();
+        fs::create_dir_all(data.join("member/snap")).unwrap();
+        fs::write(data.join("member/snap/db"), b"x").unwrap();
+        let owns = Access {
+            mode: 0o700,
+            owner: Some("nobody".into()),
+            readers: Vec::new(),
+        };
+        w.grant(&data, owns);
+        w.own_tree(&data, 0o700).unwrap();
+        for p in [
+            &data,
+            &data.join("member/snap"),
+            &data.join("member/snap/db"),
+        ] {
+            let meta = fs::metadata(p).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (nobody.uid, nobody.gid), "{p:?}");
+        }
+        assert_eq!(fs::metadata(&data).unwrap().mode() & 0o7777, 0o700);
+    }
+
+    #[test]
     fn dry_run_writes_only_under_its_own_directory() {
         let root = tempfile::tempdir().unwrap();
         let l = layout(root.path());
