@@ -297,8 +297,8 @@ fn account_gone(name: &str) -> bool {
     !run_tool("getent", &["passwd", name]).status.success()
 }
 
-/// A node after a hardened init that made the `kube-apiserver` account itself.
-fn node_that_made_the_apiserver_account() -> (std::sync::MutexGuard<'static, ()>, Node) {
+/// This test's turn, and a node on a machine without the `kube-apiserver` account.
+fn node_without_the_apiserver_account() -> (std::sync::MutexGuard<'static, ()>, Node) {
     let turn = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
     let node = Node::new();
     if !account_gone("kube-apiserver") {
@@ -310,6 +310,12 @@ fn node_that_made_the_apiserver_account() -> (std::sync::MutexGuard<'static, ()>
     {
         tool_ok("groupdel", &["kube-apiserver"]);
     }
+    (turn, node)
+}
+
+/// A node after a hardened init that made the `kube-apiserver` account itself.
+fn node_that_made_the_apiserver_account() -> (std::sync::MutexGuard<'static, ()>, Node) {
+    let (turn, node) = node_without_the_apiserver_account();
     init(&node, "");
     assert!(!account_gone("kube-apiserver"), "init made the account");
     (turn, node)
@@ -418,4 +424,28 @@ fn reset_leaves_an_account_a_process_still_runs_as_and_says_so() {
         !node.kubernetes_dir().join("tmp/kubeforge-journal").exists(),
         "the reset went on"
     );
+}
+
+#[test]
+fn an_init_killed_after_it_made_the_account_leaves_it_recorded_for_reset() {
+    let (_turn, node) = node_without_the_apiserver_account();
+    let cfg = node.write_config("ECDSA-P256", "");
+    let out = node
+        .command(&["init", "--skip-phases", HOST_PHASES_ONLY])
+        .args(["--config", cfg.to_str().unwrap()])
+        .env("KUBEFORGE_FAULT", "after:certs")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the fault hook did not stop init");
+    assert!(
+        !account_gone("kube-apiserver"),
+        "the certs phase made the account"
+    );
+    let record = node.kubernetes_dir().join("tmp/kubeforge-accounts");
+    assert_eq!(
+        std::fs::read_to_string(&record).unwrap(),
+        "kube-apiserver\n"
+    );
+    node.run_ok(&["reset", "--force"]);
+    assert!(account_gone("kube-apiserver"), "reset removed the account");
 }
