@@ -4,7 +4,7 @@
 # cargo fmt --check, clippy -D warnings, every test and the benchmarks' build. Exits non-zero on any
 # failure. Quiet and quick when everything is already installed.
 #
-# Tools: openssl, Debian's etcd/etcdctl (etcd-server, etcd-client), protoc and its well-known
+# Tools: openssl, Debian's etcd/etcdctl (etcd-server, etcd-client), getfacl (acl), protoc and its well-known
 # types (protobuf-compiler, libprotobuf-dev: the CRI API crate k8s-cri and etcd-client), ip (iproute2), curl, shellcheck (the vagrant/ lab), kubectl, kubernetes-validate and cryptography
 # (PyPI); docker-registry, skopeo, containerd and runc (tests/images.rs, as root); haproxy and
 # keepalived (the HA endpoint's files, checked by them).
@@ -31,6 +31,10 @@ need() { command -v "$1" >/dev/null || apt_packages+=("$2"); }
 need openssl openssl
 need etcd etcd-server
 need etcdctl etcd-client
+# tests/rootless.rs: getfacl/setfacl read back the ACLs; setpriv and useradd are in every Debian
+need getfacl acl
+need setpriv util-linux
+need useradd passwd
 need protoc protobuf-compiler
 # protoc finds the well-known types (descriptor.proto, for etcd-client) in libprotobuf-dev
 [ -f /usr/include/google/protobuf/descriptor.proto ] || apt_packages+=(libprotobuf-dev)

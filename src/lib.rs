@@ -4,8 +4,8 @@
 //! - `cli`: clap types and dispatch; maps flags to the workflows' options.
 //! - `workflow`: the runner (phases as data) and one table per command.
 //! - domain modules, one noun each: `config`, `pki`, `kubeconfig`, `certs`, `manifests`,
-//!   `kubelet`, `kube`, `cluster`, `etcd`, `health`, `preflight`, over `node` (every host path and
-//!   the one writer) and `output`.
+//!   `kubelet`, `kube`, `cluster`, `etcd`, `health`, `preflight`, `rootless`, over `node` (every
+//!   host path and the one writer) and `output`.
 
 pub mod certs;
 pub mod cli;
@@ -25,6 +25,7 @@ pub mod node;
 pub mod output;
 pub mod pki;
 pub mod preflight;
+pub mod rootless;
 pub mod upgrade;
 pub mod versions;
 pub mod workflow;

@@ -164,15 +164,7 @@ fn etcd_serves_with_renewed_certificates() {
     let node = Node::new();
     node.generate("RSA-2048");
     let before = std::fs::read(node.pki().join("etcd/server.crt")).unwrap();
-    let cfg = node.config_path();
-    node.run_ok(&[
-        "certs",
-        "renew",
-        "all",
-        "--no-restart",
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
+    node.renew_all();
     assert_ne!(
         std::fs::read(node.pki().join("etcd/server.crt")).unwrap(),
         before

@@ -141,7 +141,7 @@ fn check_algorithm(algorithm: &str) {
             text.starts_with(&format!("-----BEGIN {key_pem}-----\n")),
             "{base}.key PEM type"
         );
-        assert_eq!(mode(&key), 0o600, "{base}.key mode");
+        assert_eq!(permission_bits(&key), 0o600, "{base}.key mode");
         assert_eq!(
             mode(&pki.join(format!("{base}.crt"))),
             0o644,
@@ -170,8 +170,8 @@ fn check_algorithm(algorithm: &str) {
         tool_ok("openssl", &["pkey", "-in", &p("sa.key"), "-pubout"]),
         sa_pub
     );
-    assert_eq!(mode(&pki.join("sa.key")), 0o600);
-    assert_eq!(mode(&pki.join("sa.pub")), 0o600);
+    assert_eq!(permission_bits(&pki.join("sa.key")), 0o600);
+    assert_eq!(permission_bits(&pki.join("sa.pub")), 0o600);
     assert_eq!(mode(&pki), 0o755);
     assert_eq!(mode(&pki.join("etcd")), 0o755);
 

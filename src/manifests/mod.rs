@@ -263,6 +263,35 @@ impl Renderer<'_> {
         self.finish(component, &data)
     }
 
+    /// The securityContext of a hardened `component` (docs/security.md, "Non-root components"):
+    /// capabilities dropped, no privilege escalation, and etcd and kube-apiserver run as their
+    /// own accounts (the IDs they exist with, or the ones they will be made with).
+    fn rootless(&self, component: Component) -> Result<Value> {
+        let hardened = self.cfg.security.hardened();
+        let user = match component {
+            Component::Etcd => Some(crate::rootless::ETCD_USER),
+            Component::KubeApiserver => Some(crate::rootless::APISERVER_USER),
+            _ => None,
+        };
+        let run_as = match user.filter(|_| hardened) {
+            Some(name) => {
+                let account = crate::node::accounts::existing_or_planned(name)?;
+                json!({ "uid": account.uid, "gid": account.gid })
+            }
+            None => json!(false),
+        };
+        // The kube-apiserver binary carries the file capability cap_net_bind_service: its exec
+        // fails unless the bounding set keeps it (kubeadm adds it for the same reason). Without
+        // privilege escalation the process never gains it, which a port below 1024 needs.
+        let apiserver = component == Component::KubeApiserver;
+        Ok(json!({
+            "container": hardened,
+            "runAs": run_as,
+            "netBindService": apiserver,
+            "noEscalation": !(apiserver && self.cfg.bind_port() < 1024),
+        }))
+    }
+
     /// etcd's manifest for a member joining `initial_cluster` (every member, this node a
     /// learner): it starts with `--initial-cluster-state=existing`.
     pub fn render_joining_etcd(&self, initial_cluster: &str) -> Result<String> {
@@ -284,8 +313,10 @@ impl Renderer<'_> {
     /// Template + data → Pod, completed with the operator's extras and patches → YAML.
     fn finish(&self, component: Component, data: &Value) -> Result<String> {
         let name = component.name();
+        let mut data = data.clone();
+        data["rootless"] = self.rootless(component)?;
         let text = strict_handlebars()
-            .render_template(&self.template(component)?, data)
+            .render_template(&self.template(component)?, &data)
             .with_context(|| format!("rendering the {name} template"))?;
         let mut pod: Pod = serde_yaml::from_str(&text)
             .with_context(|| format!("the rendered {name} manifest is not a valid Pod"))?;

@@ -1,10 +1,12 @@
 //! The node: its paths (one `Layout`), its hostname, and the one writer every host file goes
 //! through (and every removal).
 
+pub mod accounts;
+pub mod acl;
 mod lock;
 mod writer;
 
-pub use writer::{journal_entries, HostWriter, Outcome};
+pub use writer::{journal_entries, Access, HostWriter, Outcome};
 
 use std::path::{Path, PathBuf};
 
@@ -52,6 +54,11 @@ impl Layout {
     /// The host writer's journal of every path it created.
     pub fn journal(&self) -> PathBuf {
         self.backup_dir.join("kubeforge-journal")
+    }
+
+    /// The system accounts kubeforge made on this node, one name a line, for `reset`.
+    pub fn accounts_record(&self) -> PathBuf {
+        self.backup_dir.join("kubeforge-accounts")
     }
 
     pub fn kubeconfig(&self, file: &str) -> PathBuf {

@@ -8,7 +8,8 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use super::Layout;
+use super::accounts::{self, Account};
+use super::{acl, Layout};
 
 /// Run backup directories are `<kubernetes-dir>/tmp/kubeforge-backup-<time>`.
 const BACKUP_PREFIX: &str = "kubeforge-backup-";
@@ -24,10 +25,30 @@ pub enum Outcome {
     Replaced {
         backup: PathBuf,
     },
-    /// Same bytes, wrong mode: only the mode was fixed.
+    /// Same bytes, wrong mode (or owner, or ACL of a granted path): only those were fixed.
     ModeFixed,
     /// Dry-run: written under the dry-run directory instead.
     WouldWrite,
+}
+
+/// Who may use a path besides root: the account (user and group of that name) owning it, and
+/// the accounts that may read it (search, on a directory) through POSIX ACL entries. A `grant`
+/// holds for the writer's run: every write of the path applies it to the temp file before the
+/// rename, and a write of identical content fixes it when it was lost.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Access {
+    /// The mode a re-run puts back (`apply_grants`) on a path it does not rewrite.
+    pub mode: u32,
+    pub owner: Option<String>,
+    pub readers: Vec<String>,
+}
+
+/// An `Access` with its accounts' IDs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ids {
+    uid: u32,
+    gid: u32,
+    readers: Vec<u32>,
 }
 
 pub struct HostWriter {
@@ -40,6 +61,10 @@ pub struct HostWriter {
     /// Every path kubeforge created on this node, written ahead of creating it, so that `reset`
     /// knows exactly what to remove even after a crash.
     journal: Option<Journal>,
+    grants: std::collections::BTreeMap<PathBuf, Access>,
+    accounts: std::collections::BTreeMap<String, Account>,
+    /// The accounts this node's runs made (`Layout::accounts_record`), for `reset`.
+    accounts_record: PathBuf,
     _lock: Option<nix::fcntl::Flock<File>>,
 }
 
@@ -143,6 +168,9 @@ impl HostWriter {
                 backup_root: layout.backup_dir.clone(),
                 backup_run_dir: None,
                 journal: None,
+                grants: Default::default(),
+                accounts: Default::default(),
+                accounts_record: layout.accounts_record(),
                 _lock: None,
             });
         }
@@ -173,6 +201,9 @@ impl HostWriter {
             backup_root: layout.backup_dir.clone(),
             backup_run_dir: None,
             journal: Some(journal),
+            grants: Default::default(),
+            accounts: Default::default(),
+            accounts_record: layout.accounts_record(),
             _lock: Some(lock),
         })
     }
@@ -186,6 +217,9 @@ impl HostWriter {
             backup_root: layout.backup_dir.clone(),
             backup_run_dir: None,
             journal: None,
+            grants: Default::default(),
+            accounts: Default::default(),
+            accounts_record: layout.accounts_record(),
             _lock: None,
         }
     }
@@ -215,7 +249,7 @@ impl HostWriter {
         if let Some(parent) = path.parent() {
             create_dir_all_mode(parent, 0o755)?;
         }
-        write_atomic(&path, contents, 0o644)?;
+        write_atomic(&path, contents, 0o644, None)?;
         Ok(path)
     }
 
@@ -239,9 +273,117 @@ impl HostWriter {
         read_opt(path)
     }
 
+    /// mkdir -p; a granted directory also gets (back) its mode, owner and ACL.
     pub fn ensure_dir(&mut self, path: &Path, mode: u32) -> Result<()> {
         self.note_new_dirs(path)?;
-        create_dir_all_mode(&self.target(path), mode)
+        create_dir_all_mode(&self.target(path), mode)?;
+        if let (Some(ids), false) = (self.ids(path)?, self.changes_nothing()) {
+            if !access_matches(path, mode, &ids, true)? {
+                fix_access(path, mode, &ids, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Grants `access` to `path` for the rest of this run (see `Access`).
+    pub fn grant(&mut self, path: &Path, access: Access) {
+        self.grants.insert(path.to_path_buf(), access);
+    }
+
+    /// Puts back the mode, owner and ACL of every granted path that exists: a re-run converges
+    /// even where it rewrites nothing (a key kept as it was). Nothing happens in a dry-run.
+    pub fn apply_grants(&mut self) -> Result<()> {
+        if self.changes_nothing() {
+            return Ok(());
+        }
+        let grants: Vec<(PathBuf, u32)> = self
+            .grants
+            .iter()
+            .map(|(p, a)| (p.clone(), a.mode))
+            .collect();
+        for (path, mode) in grants {
+            let dir = match fs::metadata(&path) {
+                Ok(meta) => meta.is_dir(),
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            };
+            let ids = self.ids(&path)?.expect("granted");
+            if !access_matches(&path, mode, &ids, dir)? {
+                fix_access(&path, mode, &ids, dir)?;
+                tracing::info!("put back the owner and ACL of {}", path.display());
+            }
+        }
+        Ok(())
+    }
+
+    /// The account `name` as it exists, or made now: recorded first (so `reset` removes it even
+    /// when this run is killed next), then created. A run that changes nothing makes none and
+    /// answers with the IDs it would get.
+    pub fn account(&mut self, name: &str) -> Result<Account> {
+        if let Some(account) = self.accounts.get(name) {
+            return Ok(account.clone());
+        }
+        let account = match accounts::lookup(name)? {
+            Some(account) => account,
+            None if self.changes_nothing() => accounts::existing_or_planned(name)?,
+            None => {
+                let planned = accounts::existing_or_planned(name)?;
+                if let Some(journal) = &mut self.journal {
+                    journal.note(&self.accounts_record)?;
+                }
+                append_line(&self.accounts_record, Path::new(name))?;
+                let made = accounts::create(&planned)?;
+                tracing::info!(
+                    uid = made.uid,
+                    gid = made.gid,
+                    "created the system account {name}"
+                );
+                made
+            }
+        };
+        self.accounts.insert(name.to_string(), account.clone());
+        Ok(account)
+    }
+
+    /// The IDs of `path`'s grant, its accounts made when missing.
+    fn ids(&mut self, path: &Path) -> Result<Option<Ids>> {
+        let Some(access) = self.grants.get(path).cloned() else {
+            return Ok(None);
+        };
+        let (uid, gid) = match &access.owner {
+            Some(name) => {
+                let a = self.account(name)?;
+                (a.uid, a.gid)
+            }
+            None => (0, 0),
+        };
+        let mut readers = Vec::new();
+        for name in &access.readers {
+            readers.push(self.account(name)?.uid);
+        }
+        Ok(Some(Ids { uid, gid, readers }))
+    }
+
+    /// Gives everything under the granted directory `path` its owner (what a tool run as root
+    /// made there: a restored etcd snapshot), then the directory its whole access.
+    pub fn own_tree(&mut self, path: &Path, mode: u32) -> Result<()> {
+        let Some(ids) = self.ids(path)? else {
+            bail!("{} has no owner granted", path.display());
+        };
+        if self.changes_nothing() {
+            return Ok(());
+        }
+        let mut stack = vec![path.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() {
+                    stack.push(entry.path());
+                }
+                chown(&entry.path(), ids.uid, ids.gid)?;
+            }
+        }
+        fix_access(path, mode, &ids, true)
     }
 
     fn note_new_dirs(&mut self, dir: &Path) -> Result<()> {
@@ -280,6 +422,15 @@ impl HostWriter {
         }
     }
 
+    /// Removes the system account `name` and its group (`reset`: one kubeforge made); nothing
+    /// happens in a preview.
+    pub fn remove_account(&mut self, name: &str) -> Result<()> {
+        if self.changes_nothing() {
+            return Ok(());
+        }
+        accounts::remove(name)
+    }
+
     /// Removes a directory if it is empty; true when it is gone (or would be, in a preview).
     pub fn remove_empty_dir(&mut self, path: &Path) -> Result<bool> {
         let empty = fs::read_dir(path)
@@ -313,14 +464,22 @@ impl HostWriter {
             remove_stale_temp_files(path)?;
         }
         let existing = read_opt(path)?;
+        let ids = self.ids(path)?;
         if existing.as_deref() == Some(contents) {
             let current = fs::metadata(path)?.permissions().mode() & 0o7777;
-            if current == mode {
+            let matches = match &ids {
+                Some(ids) => access_matches(path, mode, ids, false)?,
+                None => current == mode,
+            };
+            if matches {
                 return Ok(Outcome::Unchanged);
             }
             if self.dry_run_root.is_none() {
-                fs::set_permissions(path, fs::Permissions::from_mode(mode))
-                    .with_context(|| format!("setting the mode of {}", path.display()))?;
+                match &ids {
+                    Some(ids) => fix_access(path, mode, ids, false)?,
+                    None => fs::set_permissions(path, fs::Permissions::from_mode(mode))
+                        .with_context(|| format!("setting the mode of {}", path.display()))?,
+                }
                 return Ok(Outcome::ModeFixed);
             }
         }
@@ -330,20 +489,20 @@ impl HostWriter {
             create_dir_all_mode(parent, 0o755)?;
         }
         if self.dry_run_root.is_some() {
-            write_atomic(&target, contents, mode)?;
+            write_atomic(&target, contents, mode, None)?;
             return Ok(Outcome::WouldWrite);
         }
         match existing {
             Some(_) => {
                 let backup = self.backup(path)?;
-                write_atomic(path, contents, mode)?;
+                write_atomic(path, contents, mode, ids.as_ref())?;
                 Ok(Outcome::Replaced { backup })
             }
             None => {
                 if let Some(journal) = &mut self.journal {
                     journal.note(path)?;
                 }
-                write_atomic(path, contents, mode)?;
+                write_atomic(path, contents, mode, ids.as_ref())?;
                 Ok(Outcome::Created)
             }
         }
@@ -429,7 +588,7 @@ impl HostWriter {
         }
         let mode = fs::metadata(path)?.permissions().mode() & 0o7777;
         let bytes = fs::read(path)?;
-        write_atomic(&dest, &bytes, mode)?;
+        write_atomic(&dest, &bytes, mode, None)?;
         Ok(dest)
     }
 }
@@ -448,6 +607,35 @@ impl Drop for HostWriter {
             }
         }
     }
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) -> Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+        .with_context(|| format!("setting the owner of {}", path.display()))
+}
+
+/// Whether `path` has the mode, owner and ACL of `ids` (for a file or directory of `mode`).
+fn access_matches(path: &Path, mode: u32, ids: &Ids, dir: bool) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path)?;
+    let want_acl = (!ids.readers.is_empty()).then(|| acl::encode(mode, &ids.readers, dir));
+    Ok(
+        meta.mode() & 0o7777 == acl::shown_mode(mode, &ids.readers, dir)
+            && (meta.uid(), meta.gid()) == (ids.uid, ids.gid)
+            && acl::get(path)? == want_acl,
+    )
+}
+
+/// Gives `path` the mode, owner and ACL of `ids`.
+fn fix_access(path: &Path, mode: u32, ids: &Ids, dir: bool) -> Result<()> {
+    chown(path, ids.uid, ids.gid)?;
+    acl::remove(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    if !ids.readers.is_empty() {
+        acl::set(path, &acl::encode(mode, &ids.readers, dir))?;
+    }
+    Ok(())
 }
 
 fn strip_root(path: &Path) -> PathBuf {
@@ -549,7 +737,7 @@ fn crash_if(point: &str, n: u32, path: &Path) {
 
 /// Temp file in the same directory, fsync, rename over the target, fsync the directory: a crash
 /// leaves either the old file or the new one, never half of one.
-fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+fn write_atomic(path: &Path, contents: &[u8], mode: u32, ids: Option<&Ids>) -> Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| anyhow!("{} has no parent directory", path.display()))?;
@@ -577,6 +765,17 @@ fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     let result = (|| -> Result<()> {
         file.write_all(contents)?;
         file.set_permissions(fs::Permissions::from_mode(mode))?;
+        if let Some(ids) = ids {
+            use std::os::fd::AsRawFd;
+            std::os::unix::fs::fchown(&file, Some(ids.uid), Some(ids.gid))?;
+            if !ids.readers.is_empty() {
+                acl::set_fd(
+                    file.as_raw_fd(),
+                    &acl::encode(mode, &ids.readers, false),
+                    path,
+                )?;
+            }
+        }
         file.sync_all()?;
         drop(file);
         let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
@@ -707,6 +906,57 @@ mod tests {
         let journal = journal_entries(&l).unwrap();
         assert!(journal.contains(&root.path().join("etc")), "{journal:?}");
         assert!(journal.contains(&l.kubernetes_dir), "{journal:?}");
+    }
+
+    #[test]
+    fn a_granted_key_keeps_its_reader_and_a_granted_tree_gets_its_owner() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        let l = layout(root.path());
+        let mut w = HostWriter::open(&l, false).unwrap();
+        let nobody = accounts::lookup("nobody")
+            .unwrap()
+            .expect("Debian's nobody");
+        let key = l.pki_dir.join("k.key");
+        let reads = Access {
+            mode: 0o600,
+            owner: None,
+            readers: vec!["nobody".into()],
+        };
+        w.grant(&key, reads);
+        let acl = acl::encode(0o600, &[nobody.uid], false);
+        assert_eq!(w.write(&key, b"k", 0o600).unwrap(), Outcome::Created);
+        assert_eq!(acl::get(&key).unwrap(), Some(acl.clone()));
+        acl::remove(&key).unwrap();
+        assert_eq!(w.write(&key, b"k", 0o600).unwrap(), Outcome::ModeFixed);
+        assert_eq!(acl::get(&key).unwrap(), Some(acl.clone()));
+        assert_eq!(w.write(&key, b"k", 0o600).unwrap(), Outcome::Unchanged);
+        assert!(matches!(
+            w.write(&key, b"k2", 0o600).unwrap(),
+            Outcome::Replaced { .. }
+        ));
+        assert_eq!(acl::get(&key).unwrap(), Some(acl));
+
+        // What a restore run as root made: owned by the account after own_tree.
+        let data = l.etcd_data_dir.clone();
+        fs::create_dir_all(data.join("member/snap")).unwrap();
+        fs::write(data.join("member/snap/db"), b"x").unwrap();
+        let owns = Access {
+            mode: 0o700,
+            owner: Some("nobody".into()),
+            readers: Vec::new(),
+        };
+        w.grant(&data, owns);
+        w.own_tree(&data, 0o700).unwrap();
+        for p in [
+            &data,
+            &data.join("member/snap"),
+            &data.join("member/snap/db"),
+        ] {
+            let meta = fs::metadata(p).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (nobody.uid, nobody.gid), "{p:?}");
+        }
+        assert_eq!(fs::metadata(&data).unwrap().mode() & 0o7777, 0o700);
     }
 
     #[test]

@@ -330,7 +330,9 @@ pub fn run(
         Path::new(&cfg.cluster.certificates_dir),
         Path::new("/var/lib/etcd"),
     );
-    let writer = HostWriter::open(&layout, false)?;
+    let mut writer = HostWriter::open(&layout, false)?;
+    let non_root = crate::rootless::node_runs_non_root(&layout);
+    crate::rootless::grant_all(&mut writer, &cfg, &layout, non_root);
     let algorithm = if known {
         KeyAlgorithm::Config(cfg.cluster.encryption_algorithm)
     } else {

@@ -59,7 +59,9 @@ impl Env {
         check_patches(&cfg, &layout, templates.as_deref())?;
         crate::kube::set_call_timeout(cfg.init.timeouts.kubernetes_api_call.0);
         let dry_run = cfg.init.dry_run;
-        let writer = HostWriter::open(&layout, dry_run).context("preparing the node")?;
+        let mut writer = HostWriter::open(&layout, dry_run).context("preparing the node")?;
+        let hardened = cfg.security.hardened();
+        crate::rootless::grant_all(&mut writer, &cfg, &layout, hardened);
         let effects: Rc<dyn Effects> = match writer.dry_run_dir() {
             Some(dir) => {
                 out.step(

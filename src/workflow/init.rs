@@ -244,6 +244,7 @@ fn prepare_etcd(d: &mut InitData, _: &Step) -> Result<()> {
 pub(super) fn prepare_etcd_dirs(env: &mut Env) -> Result<()> {
     let data_dir = env.layout.etcd_data_dir.clone();
     env.writer.ensure_dir(&data_dir, 0o700)?;
+    env.writer.apply_grants()?;
     env.writer
         .ensure_dir(&env.layout.manifests_dir.clone(), 0o700)?;
     env.out.step(
@@ -264,6 +265,7 @@ fn prepare_control_plane(d: &mut InitData, _: &Step) -> Result<()> {
 pub(super) fn prepare_control_plane_dir(env: &mut Env) -> Result<()> {
     let dir = env.layout.manifests_dir.clone();
     env.writer.ensure_dir(&dir, 0o700)?;
+    env.writer.apply_grants()?;
     env.out.step(
         "control-plane",
         &format!("Using manifest folder {:?}", dir.display().to_string()),

@@ -36,6 +36,8 @@ pub struct ResetData {
     journal: Vec<PathBuf>,
     /// etcd's command line from its manifest (empty without one).
     etcd_command: Vec<String>,
+    /// The system accounts kubeforge made on this node (never one that was there before).
+    accounts: Vec<String>,
 }
 
 impl Data for ResetData {
@@ -158,6 +160,7 @@ fn remove_etcd_member(d: &mut ResetData, _: &Step) -> Result<()> {
 
 fn cleanup_node(d: &mut ResetData, _: &Step) -> Result<()> {
     remove_manifests(d)?;
+    remove_accounts(d)?;
     remove_files(d)?;
     remove_etcd_data(d)?;
     remove_backups(d)?;
@@ -169,6 +172,28 @@ fn cleanup_node(d: &mut ResetData, _: &Step) -> Result<()> {
             &format!("Left alone: {what} — {why}"),
             json!({ "leftAlone": what, "why": why }),
         );
+    }
+    Ok(())
+}
+
+/// The accounts kubeforge made, once their pods are stopped.
+fn remove_accounts(d: &mut ResetData) -> Result<()> {
+    for name in d.accounts.clone() {
+        d.say(
+            &format!(
+                "{} the system account {name:?} (kubeforge made it)",
+                d.verb()
+            ),
+            json!({ "account": name, "dryRun": d.dry_run }),
+        );
+        // Another node's pod on this machine may still run as it (nodes in namespaces of one
+        // host share /etc/passwd): said, and the reset goes on.
+        if let Err(e) = d.writer.remove_account(&name) {
+            d.say(
+                &format!("WARNING: the system account {name:?} stays: {e:#}; remove it with `userdel {name}` once nothing runs as it"),
+                json!({ "warning": "account left", "account": name, "error": format!("{e:#}") }),
+            );
+        }
     }
     Ok(())
 }
@@ -340,6 +365,7 @@ pub fn run(layout: Layout, out: Output, force: bool, dry_run: bool) -> Result<()
     let mut data = ResetData {
         journal: journal_entries(&layout)?,
         etcd_command: manifest_command(&layout, Component::Etcd),
+        accounts: crate::node::accounts::recorded(&layout.accounts_record())?,
         layout,
         writer,
         out,

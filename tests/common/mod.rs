@@ -56,8 +56,36 @@ pub struct Node {
     pub dir: tempfile::TempDir,
 }
 
+/// The account a hardened init runs kube-apiserver as, made once per test process when missing:
+/// a run that finds it there never removes it, so tests running side by side cannot remove it
+/// from under each other (tests/rootless.rs checks the lifecycle with its own account).
+pub fn ensure_apiserver_account() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let present = Command::new("getent")
+            .args(["passwd", "kube-apiserver"])
+            .output()
+            .expect("getent")
+            .status
+            .success();
+        if !present {
+            let out = Command::new("useradd")
+                .args(["--system", "--user-group", "--no-create-home"])
+                .args(["--shell", "/usr/sbin/nologin", "kube-apiserver"])
+                .output()
+                .expect("useradd");
+            assert!(
+                out.status.success() || String::from_utf8_lossy(&out.stderr).contains("exists"),
+                "useradd kube-apiserver: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    });
+}
+
 impl Node {
     pub fn new() -> Node {
+        ensure_apiserver_account();
         Node {
             dir: tempfile::tempdir().expect("tempdir"),
         }
@@ -117,6 +145,30 @@ etcd:
             .arg("--kubelet-dir")
             .arg(self.root().join("var/lib/kubelet"));
         c
+    }
+
+    /// `init` with `cfg`, only the phases that write host files.
+    pub fn init_host_phases(&self, cfg: &Path) -> String {
+        self.run_ok(&[
+            "init",
+            "--skip-phases",
+            HOST_PHASES_ONLY,
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+    }
+
+    /// `certs renew all --no-restart` with this node's config.
+    pub fn renew_all(&self) -> String {
+        let cfg = self.config_path();
+        self.run_ok(&[
+            "certs",
+            "renew",
+            "all",
+            "--no-restart",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
     }
 
     pub fn run_ok(&self, args: &[&str]) -> String {
@@ -287,6 +339,27 @@ pub fn cert_facts(path: &Path) -> CertFacts {
         "openssl",
         &["x509", "-noout", "-text", "-in", path.to_str().unwrap()],
     ))
+}
+
+/// The mode of `path` as its owner, owning group and others have it, read with `getfacl`: a key
+/// a non-root component reads through an ACL entry (docs/security.md) shows 0640 in `stat` (the
+/// ACL mask) while its group entry stays `---`; this is 0600 for it.
+pub fn permission_bits(path: &Path) -> u32 {
+    let text = tool_ok("getfacl", &["--absolute-names", path.to_str().unwrap()]);
+    let bits = |entry: &str| {
+        let perms = text
+            .lines()
+            .find_map(|l| l.strip_prefix(entry))
+            .unwrap_or_else(|| panic!("no {entry} entry for {}", path.display()));
+        let perms = perms.split_whitespace().next().unwrap_or_default();
+        ["r", "w", "x"]
+            .iter()
+            .zip([4, 2, 1])
+            .filter(|(c, _)| perms.contains(*c))
+            .map(|(_, b)| b)
+            .sum::<u32>()
+    };
+    (bits("user::") << 6) | (bits("group::") << 3) | bits("other::")
 }
 
 pub fn mode(path: &Path) -> u32 {

@@ -145,6 +145,9 @@ pub fn join_cluster_with(
                  "data": {"ClusterConfiguration": cluster_configuration}},
                 {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kubelet-config", "namespace": "kube-system"},
                  "data": {"kubelet": kubelet}},
+                // What a kubeforge init stores: joins harden like the first node.
+                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kubeforge-security", "namespace": "kube-system"},
+                 "data": {"Security": "apiVersion: kubeforge.io/v1alpha1\nkind: Security\nprofile: hardened\n"}},
             ],
         }),
     );

@@ -10,6 +10,7 @@ mod common;
 mod ha;
 mod harness;
 mod node2;
+mod rootless;
 mod upgrade;
 
 use std::collections::BTreeMap;
@@ -350,6 +351,7 @@ fn init_brings_up_the_control_plane_and_a_rerun_changes_nothing() {
     let run = init(&s, &["--upload-certs"], &[]);
     assert_ok(&s, &run);
     assert_control_plane_ready(&s);
+    rootless::assert_runs_rootless(&s);
     assert_cluster_bootstrapped(&s, &run);
     bench::assert_cis_benchmark_passes("kubeforge init", None, bench::CONTROL_PLANE);
     bench::assert_audit_log_written(&s);
@@ -822,6 +824,7 @@ fn a_second_node_joins_as_control_plane_and_as_worker() {
         Some(&node),
         bench::SECOND_CONTROL_PLANE,
     );
+    rootless::assert_node_runs_rootless(&node);
     for shared in ["ca.key", "sa.key", "front-proxy-ca.key", "etcd/ca.key"] {
         assert_eq!(
             std::fs::read(node.path(&format!("{KUBERNETES_DIR}/pki/{shared}"))).unwrap(),

@@ -39,6 +39,7 @@ const KUBELET_HOUSEKEEPING: Duration = Duration::from_millis(2200);
 const OLD_POD_LIMIT: Duration = Duration::from_secs(60);
 
 pub fn announce(d: &mut UpgradeData, _: &Step) -> Result<()> {
+    converge_access(d)?;
     d.say(
         "upgrade/control-plane",
         &format!(
@@ -49,6 +50,21 @@ pub fn announce(d: &mut UpgradeData, _: &Step) -> Result<()> {
         json!({ "target": d.target }),
     );
     Ok(())
+}
+
+/// Before a new manifest runs etcd or kube-apiserver as their accounts: what those accounts
+/// read and own put back (a hardened node whose keys lost their ACL, or whose etcd data root made).
+fn converge_access(d: &mut UpgradeData) -> Result<()> {
+    let cfg = &d.env.cfg;
+    let data = d.env.layout.etcd_data_dir.clone();
+    if cfg.security.hardened() && !cfg.cluster.is_external_etcd() && data.is_dir() {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(&data)?.uid();
+        if owner != d.env.writer.account(crate::rootless::ETCD_USER)?.uid {
+            d.env.writer.own_tree(&data, 0o700)?;
+        }
+    }
+    d.env.writer.apply_grants()
 }
 
 /// `component`'s manifest as `cfg` renders it for this node; etcd keeps the live manifest's

@@ -192,6 +192,11 @@ pub fn restore_snapshot(d: &mut UpgradeData, old_manifest: &str) -> Result<()> {
     let failed = data_dir.with_extension(format!("kubeforge-failed-{stamp}"));
     d.env.writer.rename(&data_dir, &failed)?;
     d.env.writer.rename(&target, &data_dir)?;
+    if d.env.cfg.security.hardened() {
+        // The restore ran as root: what it made becomes etcd's again.
+        d.env.writer.grant(&data_dir, crate::rootless::etcd_owns());
+        d.env.writer.own_tree(&data_dir, 0o700)?;
+    }
     d.env.writer.remove_tree(&restore_dir)?;
     d.say("upgrade/rollback", &format!("Restored etcd's data from the snapshot at revision {} in {:.1} s; the data the failed etcd left is in {:?}", saved.revision, start.elapsed().as_secs_f64(), failed.display().to_string()), json!({ "restored": snapshot_path, "revision": saved.revision, "failedData": failed }));
     start_pod(d, Component::Etcd, old_manifest)
