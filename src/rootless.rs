@@ -71,6 +71,11 @@ pub fn grants(cfg: &Config, layout: &Layout) -> Vec<(PathBuf, Access)> {
     ] {
         out.push((pki.join(key), apiserver_reads()));
     }
+    out.push((
+        crate::manifests::hardened::audit_policy_file(layout),
+        apiserver_reads(),
+    ));
+    out.push((layout.audit_log_dir.clone(), apiserver_owns()));
     out
 }
 
