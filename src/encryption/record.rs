@@ -63,12 +63,13 @@ pub async fn read(client: &kube::Client) -> Result<Record> {
         .unwrap_or_default())
 }
 
-/// Sets `entries` (data key, value) in the record, leaving its other entries as they are.
-pub async fn write(client: &kube::Client, entries: &[(String, String)]) -> Result<()> {
+/// Sets `entries` (data key, value; none removes it) in the record, leaving its other entries as
+/// they are.
+pub async fn write(client: &kube::Client, entries: &[(String, Option<String>)]) -> Result<()> {
     let api: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
-    let data: BTreeMap<String, ByteString> = entries
+    let data: BTreeMap<String, Option<ByteString>> = entries
         .iter()
-        .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
+        .map(|(k, v)| (k.clone(), v.clone().map(|v| ByteString(v.into_bytes()))))
         .collect();
     let context = || format!("writing {NAMESPACE}/{NAME}");
     if api.get_opt(NAME).await.with_context(context)?.is_none() {
@@ -78,7 +79,12 @@ pub async fn write(client: &kube::Client, entries: &[(String, String)]) -> Resul
                 namespace: Some(NAMESPACE.into()),
                 ..Default::default()
             },
-            data: Some(data),
+            data: Some(
+                data.clone()
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k, v?)))
+                    .collect(),
+            ),
             ..Default::default()
         };
         api.create(&PostParams::default(), &secret)

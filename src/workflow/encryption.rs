@@ -108,7 +108,7 @@ impl RotateData {
     }
 
     /// `config` written; this node's API server restarted unless it already runs with it; the
-    /// record updated (the file for the other nodes, and what this node loaded).
+    /// record updated with what this node loaded (and, from `add`, the file for the other nodes).
     fn apply(
         &mut self,
         step: &str,
@@ -138,10 +138,10 @@ impl RotateData {
                 &why,
             )?;
         }
-        let entries = [
-            (encryption::FILE.to_string(), text),
-            (record::loaded_key(self.node()), names),
-        ];
+        let mut entries = vec![(record::loaded_key(self.node()), Some(names))];
+        if step == "add" {
+            entries.push((encryption::FILE.to_string(), Some(text)));
+        }
         crate::block_on(record::write(&self.client, &entries))
     }
 
@@ -180,21 +180,21 @@ fn key_names(config: &EncryptionConfiguration) -> String {
     names.join(",")
 }
 
-/// The new key second: the one another node already added (from the record), else a new one.
+/// The new key second: the one another node added (the record's), else a new one. A node that
+/// added another key meanwhile takes the record's (nothing was written with either key yet:
+/// `promote` needs every node to hold the same keys).
 fn add(d: &mut RotateData, step: &Step) -> Result<()> {
     let mut config = d.current()?;
     let record = d.record()?;
-    if config.stage() == Stage::Single {
-        let added = record
-            .target
-            .as_deref()
-            .and_then(|t| EncryptionConfiguration::parse(t, "the rotation record").ok())
-            .filter(|t| t.stage() == Stage::Added && t.keys()[0] == config.keys()[0]);
-        config = added.unwrap_or_else(|| {
-            let mut c = config.clone();
-            c.add(Key::generate(d.now));
-            c
-        });
+    let shared = record
+        .target
+        .as_deref()
+        .and_then(|t| EncryptionConfiguration::parse(t, "the rotation record").ok())
+        .filter(|t| t.stage() == Stage::Added && t.keys()[0] == config.keys()[0]);
+    match (config.stage(), shared) {
+        (Stage::Single | Stage::Added, Some(shared)) => config = shared,
+        (Stage::Single, None) => config.add(Key::generate(d.now)),
+        _ => {}
     }
     d.apply(step.name, &config, &record)
 }
@@ -229,10 +229,12 @@ fn rewrite(d: &mut RotateData, step: &Step) -> Result<()> {
         &format!("Rewrote {count} Secrets: all are encrypted with {first}"),
         json!({ "secrets": count, "key": first }),
     );
-    crate::block_on(record::write(
-        &d.client,
-        &[(record::rewritten_key().to_string(), first)],
-    ))
+    // Every node holds the new key by now: the record forgets the file (and its keys).
+    let entries = [
+        (record::rewritten_key().to_string(), Some(first)),
+        (encryption::FILE.to_string(), None),
+    ];
+    crate::block_on(record::write(&d.client, &entries))
 }
 
 fn prune(d: &mut RotateData, step: &Step) -> Result<()> {

@@ -6,6 +6,7 @@
 mod certs;
 #[path = "../common/mod.rs"]
 mod common;
+mod encryption;
 mod ha;
 mod harness;
 mod node2;
