@@ -173,3 +173,16 @@ fn rotate_refuses_bad_input_with_exit_2() {
     );
     assert_eq!(node.snapshot(), before);
 }
+
+#[test]
+fn reset_removes_the_encryption_config() {
+    let node = Node::new();
+    let cfg = opted_in(&node, "");
+    node.run_ok(&["init", "phase", "certs", "all", "--config", &cfg]);
+    node.run_ok(&["init", "phase", "encryption", "--config", &cfg]);
+    let file = node.pki().join("encryption-config.yaml");
+    assert!(file.exists());
+    let out = node.run_ok(&["reset", "--force"]);
+    assert!(out.contains("encryption-config.yaml"), "{out}");
+    assert!(!file.exists());
+}
