@@ -186,3 +186,33 @@ fn reset_removes_the_encryption_config() {
     assert!(out.contains("encryption-config.yaml"), "{out}");
     assert!(!file.exists());
 }
+
+/// `init phase upload-certs` seals the file into kubeadm-certs with the others (the stand-in only
+/// stores the Secret) and a control-plane join's download-certs writes the same bytes, 0600.
+#[test]
+fn a_control_plane_join_downloads_the_same_encryption_config() {
+    use common::standin::{control_plane_prepare, join_cluster};
+    let cluster_node = Node::new();
+    let joiner = Node::new();
+    let (_standin, endpoint) = join_cluster(&cluster_node, &joiner.pki());
+    let cfg = cluster_node.config_path();
+    let text = std::fs::read_to_string(&cfg).unwrap() + OPT_IN;
+    std::fs::write(&cfg, text).unwrap();
+    cluster_node.run_ok(&[
+        "init",
+        "phase",
+        "encryption",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let key = upload_certs(&cluster_node);
+    let pin = openssl_ca_pin(&cluster_node.pki().join("ca.crt"));
+    let args = control_plane_prepare(&endpoint, &pin, &key);
+    joiner.run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let file = "encryption-config.yaml";
+    assert_eq!(
+        std::fs::read(joiner.pki().join(file)).unwrap(),
+        std::fs::read(cluster_node.pki().join(file)).unwrap()
+    );
+    assert_eq!(mode(&joiner.pki().join(file)), 0o600);
+}

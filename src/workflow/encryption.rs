@@ -53,39 +53,30 @@ impl Data for RotateData {
     }
 }
 
-fn step_phase(
-    name: &'static str,
-    description: &str,
-    run: super::RunFn<RotateData>,
-) -> Phase<RotateData> {
-    Phase::new(name, description)
-        .run_if(match name {
-            "add" => |d: &RotateData| d.steps.contains(&"add"),
-            "promote" => |d: &RotateData| d.steps.contains(&"promote"),
-            "rewrite" => |d: &RotateData| d.steps.contains(&"rewrite"),
-            _ => |d: &RotateData| d.steps.contains(&"prune"),
-        })
-        .run(run)
-}
-
+/// The rotation's steps; a run makes those in `RotateData::steps`.
 pub fn phases() -> Vec<Phase<RotateData>> {
     vec![
-        step_phase(
+        Phase::new(
             "add",
             "Add a new key, second: every API server can read with it",
-            add,
-        ),
-        step_phase(
+        )
+        .run_if(|d: &RotateData| d.steps.contains(&"add"))
+        .run(add),
+        Phase::new(
             "promote",
             "Make the new key first: the API servers write with it",
-            promote,
-        ),
-        step_phase(
+        )
+        .run_if(|d: &RotateData| d.steps.contains(&"promote"))
+        .run(promote),
+        Phase::new(
             "rewrite",
             "Store every Secret again, encrypted with the new key",
-            rewrite,
-        ),
-        step_phase("prune", "Drop the old key", prune),
+        )
+        .run_if(|d: &RotateData| d.steps.contains(&"rewrite"))
+        .run(rewrite),
+        Phase::new("prune", "Drop the old key")
+            .run_if(|d: &RotateData| d.steps.contains(&"prune"))
+            .run(prune),
     ]
 }
 
@@ -153,26 +144,38 @@ impl RotateData {
         any_order: bool,
         why: &str,
     ) -> Result<()> {
-        let sorted = |s: &str| {
-            let mut v: Vec<&str> = s.split(',').collect();
-            v.sort();
-            v.join(",")
-        };
-        let lacking: Vec<&String> = self
-            .nodes
-            .iter()
-            .filter(|n| *n != self.node())
-            .filter(|n| !match record.loaded.get(*n) {
-                Some(l) if any_order => sorted(l) == sorted(keys),
-                Some(l) => l == keys,
-                None => false,
-            })
-            .collect();
+        let lacking = lacking(&self.nodes, self.node(), record, keys, any_order);
         if !lacking.is_empty() {
             bail!(BadInput(format!("not yet on every control-plane node: {lacking:?} do not run with the keys {keys}; {why}")));
         }
         Ok(())
     }
+}
+
+/// The nodes but `this` whose API server does not run with `keys` (comma-separated), in this
+/// order or (`any_order`) any.
+fn lacking(
+    nodes: &[String],
+    this: &str,
+    record: &Record,
+    keys: &str,
+    any_order: bool,
+) -> Vec<String> {
+    let sorted = |s: &str| {
+        let mut v: Vec<&str> = s.split(',').collect();
+        v.sort();
+        v.join(",")
+    };
+    nodes
+        .iter()
+        .filter(|n| *n != this)
+        .filter(|n| !match record.loaded.get(*n) {
+            Some(l) if any_order => sorted(l) == sorted(keys),
+            Some(l) => l == keys,
+            None => false,
+        })
+        .cloned()
+        .collect()
 }
 
 fn key_names(config: &EncryptionConfiguration) -> String {
@@ -297,4 +300,45 @@ pub fn rotate(
         steps,
     };
     super::run(&phases(), &mut data, &Selection::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// promote needs every other API server to hold both keys (either order: some may have
+    /// promoted already); rewrite needs them all in the promoted order.
+    #[test]
+    fn a_step_waits_for_every_other_api_server() {
+        let nodes: Vec<String> = ["cp1", "cp2", "cp3"].map(String::from).to_vec();
+        let mut record = Record::default();
+        record.loaded.insert("cp2".into(), "key-a,key-b".into());
+        assert_eq!(
+            lacking(&nodes, "cp1", &record, "key-a,key-b", true),
+            ["cp3"]
+        );
+        record.loaded.insert("cp3".into(), "key-a".into());
+        assert_eq!(
+            lacking(&nodes, "cp1", &record, "key-a,key-b", true),
+            ["cp3"]
+        );
+        record.loaded.insert("cp3".into(), "key-b,key-a".into());
+        assert!(lacking(&nodes, "cp1", &record, "key-a,key-b", true).is_empty());
+        assert_eq!(
+            lacking(&nodes, "cp1", &record, "key-b,key-a", false),
+            ["cp2"]
+        );
+        assert_eq!(
+            lacking(&nodes, "cp2", &record, "key-a,key-b", false),
+            ["cp1", "cp3"]
+        );
+        assert!(lacking(&["cp1".to_string()], "cp1", &record, "x", false).is_empty());
+    }
+
+    #[test]
+    fn a_run_without_step_continues_where_the_file_stands() {
+        assert_eq!(remaining(Stage::Single), STEPS);
+        assert_eq!(remaining(Stage::Added), ["promote", "rewrite", "prune"]);
+        assert_eq!(remaining(Stage::Promoted), ["rewrite", "prune"]);
+    }
 }
