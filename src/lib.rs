@@ -12,6 +12,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod cri;
+pub mod encryption;
 pub mod endpoint;
 pub mod etcd;
 pub mod fuzzing;

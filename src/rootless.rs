@@ -76,6 +76,11 @@ pub fn grants(cfg: &Config, layout: &Layout) -> Vec<(PathBuf, Access)> {
         apiserver_reads(),
     ));
     out.push((layout.audit_log_dir.clone(), apiserver_owns()));
+    // `encryption rotate` and `certs renew` read no Security document: the file itself tells.
+    let encryption_config = crate::encryption::path(pki);
+    if cfg.security.encryption_at_rest || encryption_config.exists() {
+        out.push((encryption_config, apiserver_reads()));
+    }
     out
 }
 

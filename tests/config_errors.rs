@@ -58,6 +58,8 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ("duration beyond Go's", c("certificateValidityPeriod: 3000000h\n"), "ClusterConfiguration.certificateValidityPeriod", "3:1"),
         ("bad v1beta3 control-plane timeout", "apiVersion: kubeadm.k8s.io/v1beta3\nkind: ClusterConfiguration\napiServer:\n  timeoutForControlPlane: soon\n".into(), "ClusterConfiguration.apiServer.timeoutForControlPlane", "4:3"),
         ("relative certificatesDir", c("certificatesDir: pki\n"), "ClusterConfiguration.certificatesDir", "3:1"),
+        ("encryptionAtRest not a boolean", format!("{CLUSTER}---\napiVersion: kubeforge.io/v1alpha1\nkind: Security\nencryptionAtRest: \"yes\"\n"), "Security.encryptionAtRest", "6:1"),
+        ("encryptionAtRest misspelt", format!("{CLUSTER}---\napiVersion: kubeforge.io/v1alpha1\nkind: Security\nprofile: kubeadm\nencryptionAtrest: true\n"), "Security.encryptionAtrest", "7:1"),
         ("relative etcd dataDir", c("etcd:\n  local:\n    dataDir: etcd-data\n"), "ClusterConfiguration.etcd.local.dataDir", "5:5"),
         ("second document error", format!("{INIT}localAPIEndpoint:\n  advertiseAddress: 192.0.2.2\n---\n{CLUSTER}networking:\n  podSubnet: nonsense\n"), "ClusterConfiguration.networking.podSubnet", "9:3"),
     ]

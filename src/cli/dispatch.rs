@@ -5,9 +5,9 @@ use clap::CommandFactory;
 use std::path::Path;
 
 use super::{
-    CertsCommand, CertsConfig, Cli, ClusterAccess, Command, ConfigCommand, Global, ImagesCommand,
-    InitArgs, InitFlags, InitSubcommand, JoinArgs, JoinSubcommand, KubeconfigCommand, PrintCommand,
-    TokenCommand,
+    CertsCommand, CertsConfig, Cli, ClusterAccess, Command, ConfigCommand, EncryptionCommand,
+    Global, ImagesCommand, InitArgs, InitFlags, InitSubcommand, JoinArgs, JoinSubcommand,
+    KubeconfigCommand, PrintCommand, TokenCommand,
 };
 use crate::config::{self, CertificateKey, Token};
 use crate::node::Layout;
@@ -26,6 +26,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Config(command) => config_command(global, command, out),
         Command::Certs(command) => certs(global, command, out),
         Command::Token(command) => token(global, command, out),
+        Command::Encryption(EncryptionCommand::Rotate { step, source }) => {
+            let options = workflow::encryption::RotateOptions {
+                source: config_source(global, source),
+                step,
+            };
+            workflow::encryption::rotate(options, &global.kubernetes_dir, &global.kubelet_dir, out)
+        }
         Command::Kubeconfig(command) => kubeconfig(global, command, out),
         Command::Upgrade(command) => {
             super::upgrade::run(command, &global.kubernetes_dir, &global.kubelet_dir, out)

@@ -110,6 +110,9 @@ pub enum Command {
     /// Manage bootstrap tokens (the join credentials).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Encryption at rest of Secrets (Security document, encryptionAtRest).
+    #[command(subcommand)]
+    Encryption(EncryptionCommand),
     /// Kubeconfig file utilities.
     #[command(subcommand)]
     Kubeconfig(KubeconfigCommand),
@@ -497,6 +500,20 @@ pub enum CertsCommand {
     },
     /// Print a new random certificate key for --certificate-key.
     CertificateKey,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EncryptionCommand {
+    /// Rotate the key that encrypts Secrets: add a new key, make it first, rewrite every Secret,
+    /// drop the old key, restarting this node's API server after each change of the file.
+    Rotate {
+        /// One step, for a cluster with several control-plane nodes (add and promote and prune
+        /// on each node, rewrite on one); without it, every remaining step (one control-plane node).
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(crate::workflow::encryption::STEPS))]
+        step: Option<String>,
+        #[command(flatten)]
+        source: CertsConfig,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -41,6 +41,8 @@ pub fn upload_objects(
 ) -> Result<Upload> {
     let data: BTreeMap<String, ByteString> = files
         .iter()
+        // Absent unless Secrets are encrypted at rest: kubeadm's Secret, key for key, otherwise.
+        .filter(|(name, plain)| name != crate::encryption::FILE || !plain.is_empty())
         .map(|(name, plain)| {
             let value = if plain.is_empty() {
                 Vec::new()
@@ -106,7 +108,9 @@ pub async fn upload(
 }
 
 /// (data key, file under the PKI dir) for a stacked-etcd control plane; with external etcd the
-/// etcd entries are the configured client files instead.
+/// etcd entries are the configured client files instead. Last kubeforge's own entry, the
+/// EncryptionConfiguration (docs/security.md), which only clusters that encrypt Secrets have;
+/// kubeadm reads the keys it knows and ignores it.
 pub fn files(pki: &Path, external: Option<&crate::config::ExternalEtcd>) -> Vec<(String, PathBuf)> {
     let mut list: Vec<(String, PathBuf)> = [
         "ca.crt",
@@ -130,6 +134,7 @@ pub fn files(pki: &Path, external: Option<&crate::config::ExternalEtcd>) -> Vec<
             list.push(("external-etcd.key".into(), PathBuf::from(&e.key_file)));
         }
     }
+    list.push((crate::encryption::FILE.into(), crate::encryption::path(pki)));
     list
 }
 
@@ -209,6 +214,39 @@ mod tests {
         let other = CertificateKey::parse(&"08".repeat(32)).unwrap();
         let e = decrypt(&other, &sealed).unwrap_err().to_string();
         assert!(e.contains("wrong or expired key"), "{e}");
+    }
+
+    /// The EncryptionConfiguration travels with the keys when the node has one (sealed like
+    /// them, opened to the same bytes), and is left out, not uploaded empty, when it has none.
+    #[test]
+    fn the_encryption_config_is_uploaded_only_when_present() {
+        let pki = Path::new("/pki");
+        let names: Vec<String> = files(pki, None).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names.last().unwrap(), crate::encryption::FILE);
+        assert_eq!(
+            files(pki, None).last().unwrap().1,
+            Path::new("/pki/encryption-config.yaml")
+        );
+        let key = CertificateKey::generate();
+        let config = b"apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\n";
+        let now = OffsetDateTime::now_utc();
+        let with = |content: &[u8]| {
+            let list = vec![
+                ("ca.crt".to_string(), b"ca".to_vec()),
+                (crate::encryption::FILE.to_string(), content.to_vec()),
+            ];
+            upload_objects(&list, &key, now)
+                .unwrap()
+                .certs
+                .data
+                .unwrap()
+        };
+        let data = with(config);
+        let sealed = &data[crate::encryption::FILE].0;
+        assert_ne!(sealed.as_slice(), config.as_slice());
+        assert_eq!(decrypt(&key, sealed).unwrap(), config);
+        let data = with(b"");
+        assert_eq!(data.keys().collect::<Vec<_>>(), ["ca.crt"]);
     }
 
     /// Key bytes 0..32, nonce bytes 100..112, stored as kubeadm stores it (nonce || ciphertext ||

@@ -159,7 +159,7 @@ pub fn upload_config_endpoint(cfg: &Config) -> Result<Vec<Object>> {
 /// kubeforge's `kube-system/kubeforge-security`: the Security document joining nodes and
 /// upgrades render from (docs/security.md). kubeadm's profile stores none: kubeadm's objects only.
 pub fn upload_config_security(cfg: &Config) -> Result<Vec<Object>> {
-    if !cfg.security.hardened() {
+    if !cfg.security.stored() {
         return Ok(Vec::new());
     }
     render_objects(

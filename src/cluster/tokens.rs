@@ -96,7 +96,10 @@ async fn certificate_files(
         .into_iter()
         .map(|(name, path)| match std::fs::read(&path) {
             Ok(bytes) => Ok((name, bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && name.ends_with(".key") => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && (name.ends_with(".key") || name == crate::encryption::FILE) =>
+            {
                 Ok((name, Vec::new()))
             }
             Err(e) => Err(anyhow!("reading {}: {e}", path.display())),

@@ -415,6 +415,10 @@ impl Renderer<'_> {
             "caTrust": ca_trust(),
             "probe": self.probe(host, port),
             "cis": hardened::template_data(cfg, self.layout),
+            // Under the PKI directory, which the API server mounts already: no mount of its own
+            // (a single-file mount would keep showing the file replaced by a rotation).
+            "encryptionConfig": cfg.security.encryption_at_rest
+                .then(|| crate::encryption::path(&self.layout.pki_dir)),
         })
     }
 

@@ -303,4 +303,57 @@ mod tests {
         assert_eq!(tag("localhost:5000/etcd:3.6.6-0"), "3.6.6-0");
         assert_eq!(tag("r/kube-proxy:v1.36.0_rc.1"), "v1.36.0+rc.1");
     }
+
+    /// upgrade renders from the stored Security document: the API server keeps reading the
+    /// EncryptionConfiguration (also with profile kubeadm, whose document init then stores).
+    #[test]
+    fn upgrade_keeps_the_encryption_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        let layout = Layout::new(dir.path(), dir.path(), &pki, dir.path());
+        let cluster = format!("apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nkubernetesVersion: v1.35.6\ncertificatesDir: {}\n", pki.display());
+        let node = ThisNode {
+            name: Some("cp1".into()),
+            ..Default::default()
+        };
+        let flag = format!(
+            "--encryption-provider-config={}",
+            pki.join("encryption-config.yaml").display()
+        );
+        for (security, expected) in [
+            (
+                Some(config::security::Security {
+                    profile: config::security::Profile::Kubeadm,
+                    encryption_at_rest: true,
+                }),
+                true,
+            ),
+            (Some(config::security::Security::default()), false),
+            (None, false),
+        ] {
+            let stored = Stored {
+                cluster_configuration: cluster.clone(),
+                kubelet: None,
+                kube_proxy: None,
+                security: security.as_ref().map(config::security::document),
+            };
+            let cfg = node_config(
+                &stored,
+                &node,
+                "v1.35.6",
+                None,
+                &Timeouts::default(),
+                &layout,
+            )
+            .unwrap();
+            let manifest = manifests::Renderer {
+                cfg: &cfg,
+                layout: &layout,
+                templates: None,
+            }
+            .render(Component::KubeApiserver)
+            .unwrap();
+            assert_eq!(manifest.contains(&flag), expected, "{security:?}");
+        }
+    }
 }

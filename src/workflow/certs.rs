@@ -260,23 +260,42 @@ fn renew_all(d: &mut RenewData, _: &Step) -> Result<()> {
 fn restart_component(d: &mut RenewData, step: &Step) -> Result<()> {
     let component =
         Component::from_name(step.name).expect("a restart phase is named after its component");
-    if !component.manifest(&d.layout).exists() {
-        d.out.step(
+    restart_and_wait(
+        &d.cfg,
+        &d.layout,
+        &d.kubeconfig_dir,
+        &d.out,
+        component,
+        "its certificates changed",
+    )
+}
+
+/// Restarts `component`'s container on this node (the kubelet starts it again; `why` says for
+/// what) and waits until it is Ready; a component without a manifest here is left alone.
+pub(super) fn restart_and_wait(
+    cfg: &Config,
+    layout: &Layout,
+    kubeconfig_dir: &Path,
+    out: &Output,
+    component: Component,
+    why: &str,
+) -> Result<()> {
+    if !component.manifest(layout).exists() {
+        out.step(
             "restart",
             &format!(
                 "{} does not run here (no manifest in {}): not restarted",
                 component.name(),
-                d.layout.manifests_dir.display()
+                layout.manifests_dir.display()
             ),
             json!({ "component": component.name(), "restarted": false }),
         );
         return Ok(());
     }
-    let pod = format!("{}-{}", component.name(), d.cfg.init.node_registration.name);
-    let cri = d.cfg.init.node_registration.cri_socket.clone();
-    let admin = d.kubeconfig_dir.join("admin.conf");
-    let server =
-        crate::health::api_server_url(&d.layout).unwrap_or_else(|_| d.cfg.local_endpoint_url());
+    let pod = format!("{}-{}", component.name(), cfg.init.node_registration.name);
+    let cri = cfg.init.node_registration.cri_socket.clone();
+    let admin = kubeconfig_dir.join("admin.conf");
+    let server = crate::health::api_server_url(layout).unwrap_or_else(|_| cfg.local_endpoint_url());
     let (before, took) = crate::block_on(async {
         let mut runtime = Runtime::connect(&cri).await?;
         let before = runtime.restart(&pod, GRACE).await?;
@@ -285,18 +304,25 @@ fn restart_component(d: &mut RenewData, step: &Step) -> Result<()> {
         } else {
             before.id.chars().take(13).collect()
         };
-        d.out.step("restart", &format!("Restarted {} (container {shown}): its certificates changed; waiting until it is Ready", component.name()), json!({ "component": component.name(), "container": before.id }));
+        out.step(
+            "restart",
+            &format!(
+                "Restarted {} (container {shown}): {why}; waiting until it is Ready",
+                component.name()
+            ),
+            json!({ "component": component.name(), "container": before.id }),
+        );
         let client = crate::kube::polling_client(&admin, Some(&server)).await?;
         let took = crate::health::wait_restarted(
-            &d.cfg,
-            &d.layout,
-            &d.out,
+            cfg,
+            layout,
+            out,
             component,
             &before,
             &client,
             crate::health::Until {
                 mirror: true,
-                limit: d.cfg.init.timeouts.control_plane_component_health_check.0,
+                limit: cfg.init.timeouts.control_plane_component_health_check.0,
                 since: None,
             },
         )
@@ -305,7 +331,7 @@ fn restart_component(d: &mut RenewData, step: &Step) -> Result<()> {
         Ok::<_, anyhow::Error>((before, took))
     })?;
     tracing::info!("{pod}: container {} replaced", before.id);
-    crate::health::announce_ready(&d.out, component, took);
+    crate::health::announce_ready(out, component, took);
     Ok(())
 }
 

@@ -54,6 +54,12 @@ pub fn phases() -> Vec<Phase<InitData>> {
             .run(plan_certificates)
             .children(certificate_phases()),
         Phase::new(
+            "encryption",
+            "Generate the EncryptionConfiguration that encrypts Secrets at rest (Security encryptionAtRest)",
+        )
+        .run_if(|d: &InitData| d.env.cfg.security.encryption_at_rest)
+        .run(|d: &mut InitData, _: &Step| write_encryption_config(&mut d.env)),
+        Phase::new(
             "kubeconfig",
             "Generate all kubeconfig files necessary to establish the control plane and the admin kubeconfig file",
         )
@@ -159,6 +165,41 @@ fn write_certificate(d: &mut InitData, step: &Step) -> Result<()> {
     let env = &mut d.env;
     let files = plan.files(&env.cfg, &env.layout, &env.out, step.name)?;
     env.write_all("certs", &files)?;
+    Ok(())
+}
+
+/// `<pki>/encryption-config.yaml` with a new key, or the one on disk kept as it is: a new key
+/// would leave every Secret already encrypted unreadable.
+pub(super) fn write_encryption_config(env: &mut Env) -> Result<()> {
+    use crate::encryption::{self, EncryptionConfiguration, Key};
+    let path = encryption::path(&env.layout.pki_dir);
+    if let Some(text) = env.writer.read(&path)? {
+        let source = path.display().to_string();
+        EncryptionConfiguration::parse(&String::from_utf8_lossy(&text), &source)
+            .context("refusing to replace it: the Secrets encrypted with its keys would become unreadable; move it away only if the cluster has none")?;
+        env.out.step(
+            "encryption",
+            &format!("Using the existing EncryptionConfiguration {source:?}"),
+            json!({ "path": path, "generated": false }),
+        );
+        return Ok(());
+    }
+    env.writer.ensure_dir(&env.layout.pki_dir.clone(), 0o755)?;
+    let config = EncryptionConfiguration::new(Key::generate(env.now));
+    env.write(
+        "encryption",
+        &File::new(path.clone(), config.to_yaml(), encryption::MODE),
+    )?;
+    // The API server reads this file: when it runs as a non-root user, its read access (ACL) is
+    // granted here, as for its other files under the PKI directory.
+    env.out.step(
+        "encryption",
+        &format!(
+            "Generated a key and the EncryptionConfiguration {:?}",
+            path.display().to_string()
+        ),
+        json!({ "path": path, "generated": true }),
+    );
     Ok(())
 }
 

@@ -96,7 +96,7 @@ fn download_certs(d: &mut JoinData, _: &Step) -> Result<()> {
             "No --certificate-key: using the shared certificates already on this node",
             json!({ "downloaded": false }),
         );
-        return Ok(());
+        return require_encryption_config(env, false);
     };
     env.out.step(
         "download-certs",
@@ -108,6 +108,10 @@ fn download_certs(d: &mut JoinData, _: &Step) -> Result<()> {
         let client = crate::kube::with_token(&cluster.server, &cluster.ca_pem, token).await?;
         certs_secret::download(client, &key).await
     })?;
+    let uploaded = downloaded
+        .iter()
+        .any(|(n, c)| n == crate::encryption::FILE && !c.is_empty());
+    require_encryption_config(env, uploaded)?;
     let external = env.cfg.cluster.etcd.external.clone();
     for (name, path) in certs_secret::files(&env.layout.pki_dir, external.as_ref()) {
         let Some((_, content)) = downloaded.iter().find(|(n, _)| *n == name) else {
@@ -124,6 +128,19 @@ fn download_certs(d: &mut JoinData, _: &Step) -> Result<()> {
         env.write("download-certs", &File::new(path, content, mode))?;
     }
     Ok(())
+}
+
+/// A cluster that encrypts Secrets needs the same EncryptionConfiguration on every API server:
+/// uploaded with the certificates, or copied by the operator. Checked before anything is written.
+fn require_encryption_config(env: &Env, uploaded: bool) -> Result<()> {
+    let path = crate::encryption::path(&env.layout.pki_dir);
+    if !env.cfg.security.encryption_at_rest || uploaded || env.writer.exists(&path) {
+        return Ok(());
+    }
+    bail!(
+        "the cluster encrypts Secrets at rest (its Security document says encryptionAtRest: true) but {} is missing: join with --certificate-key (the file is uploaded with the certificates), or copy it from a control-plane node (mode 0600) as you copied the shared certificates",
+        path.display()
+    )
 }
 
 /// Every certificate this control-plane node needs (the shared CAs are on disk by now).

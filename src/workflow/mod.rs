@@ -7,6 +7,7 @@
 
 pub mod certs;
 mod effects;
+pub mod encryption;
 mod env;
 pub(crate) mod fault;
 pub mod init;

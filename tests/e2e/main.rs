@@ -7,6 +7,7 @@ mod bench;
 mod certs;
 #[path = "../common/mod.rs"]
 mod common;
+mod encryption;
 mod ha;
 mod harness;
 mod node2;
