@@ -5,8 +5,14 @@
 # faketime is installed from Debian when missing (the expired-certificates scenario).
 # Run as root on a node that holds no cluster; every scenario leaves the node clean again.
 #
-#   scripts/e2e.sh                      # this checkout's debug build
-#   KUBEFORGE_E2E_BIN=target/release/kubeforge scripts/e2e.sh   # figures for a release build
+#   scripts/e2e.sh                      # this checkout's debug build, linked statically
+#   KUBEFORGE_E2E_BIN=target/x86_64-unknown-linux-gnu/release/kubeforge scripts/e2e.sh   # a release build
+#
+# The binary must be statically linked (profile hardened runs it in the kubeforge-approver static
+# pod, in the pause image; init's preflight refuses a dynamic one: KubeforgeStaticBinary). Without
+# KUBEFORGE_E2E_BIN this script builds one:
+#   RUSTFLAGS='-C target-feature=+crt-static' cargo build --target x86_64-unknown-linux-gnu
+# (a release build: the same with --release).
 #
 # Optional: KUBEFORGE_E2E_VERSION (default: the kubelet's version), KUBEFORGE_E2E_IMAGE_REPOSITORY,
 # KUBEFORGE_E2E_ETCD_TAG (e.g. 3.4.23-0 for Debian's etcd packaged as an image),
@@ -24,6 +30,10 @@ cd "$(dirname "$0")/.."
 command -v faketime >/dev/null || {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends faketime >/dev/null
 }
+if [ -z "${KUBEFORGE_E2E_BIN:-}" ]; then
+    RUSTFLAGS='-C target-feature=+crt-static' cargo build --target x86_64-unknown-linux-gnu
+    KUBEFORGE_E2E_BIN=target/x86_64-unknown-linux-gnu/debug/kubeforge
+fi
 if [ -n "${KUBEFORGE_E2E_BIN:-}" ]; then
     KUBEFORGE_E2E_BIN="$(realpath "$KUBEFORGE_E2E_BIN")"
     export KUBEFORGE_E2E_BIN

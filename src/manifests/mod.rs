@@ -380,6 +380,8 @@ impl Renderer<'_> {
             "etcd": self.apiserver_etcd(),
             "caTrust": ca_trust(),
             "probe": self.probe(host, port),
+            // Profile hardened: kubelets serve certificates of the cluster CA (kubelet::serving).
+            "kubeletCertificateAuthority": cfg.security.hardened().then(|| self.layout.pki_dir.join("ca.crt")),
         })
     }
 

@@ -9,6 +9,7 @@ mod common;
 mod ha;
 mod harness;
 mod node2;
+mod serving;
 mod upgrade;
 
 use std::collections::BTreeMap;
@@ -351,6 +352,7 @@ fn init_brings_up_the_control_plane_and_a_rerun_changes_nothing() {
     assert_control_plane_ready(&s);
     assert_cluster_bootstrapped(&s, &run);
     assert_the_signer_keeps_kubeforges_signature(&s, &run);
+    serving::check_after_init(&s);
     let written = run
         .at("Creating static Pod manifest for \"kube-scheduler\"")
         .expect("the control-plane phase line");
@@ -813,6 +815,7 @@ fn a_second_node_joins_as_control_plane_and_as_worker() {
     assert_no_signature_wait(&text);
     assert!(text.contains("is promoted"), "{text}");
     assert_node2_is_a_control_plane(&s, &COMPONENTS);
+    serving::assert_kubelet_serving(&s, NODE2, &node.path(KUBELET_DIR), NODE2_ADDRESS);
     for shared in ["ca.key", "sa.key", "front-proxy-ca.key", "etcd/ca.key"] {
         assert_eq!(
             std::fs::read(node.path(&format!("{KUBERNETES_DIR}/pki/{shared}"))).unwrap(),
@@ -860,6 +863,7 @@ fn a_second_node_joins_as_control_plane_and_as_worker() {
     let worker = [&control_plane[..5], &control_plane[10..]].concat();
     let (ok, text, worker_seconds) = join_on(&node, &worker);
     assert!(ok, "the worker join failed:\n{text}");
+    serving::assert_kubelet_serving(&s, NODE2, &node.path(KUBELET_DIR), NODE2_ADDRESS);
     let worker = kubectl_json(&s.host, &["get", "node", NODE2]);
     assert!(
         worker["metadata"]["labels"]["node-role.kubernetes.io/control-plane"].is_null(),
