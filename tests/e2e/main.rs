@@ -815,7 +815,7 @@ fn a_second_node_joins_as_control_plane_and_as_worker() {
     assert_no_signature_wait(&text);
     assert!(text.contains("is promoted"), "{text}");
     assert_node2_is_a_control_plane(&s, &COMPONENTS);
-    serving::assert_kubelet_serving(&s, NODE2, &node.path(KUBELET_DIR), NODE2_ADDRESS);
+    serving::assert_kubelet_serving(&s, NODE2, &node.path(KUBELET_DIR));
     for shared in ["ca.key", "sa.key", "front-proxy-ca.key", "etcd/ca.key"] {
         assert_eq!(
             std::fs::read(node.path(&format!("{KUBERNETES_DIR}/pki/{shared}"))).unwrap(),
@@ -863,7 +863,7 @@ fn a_second_node_joins_as_control_plane_and_as_worker() {
     let worker = [&control_plane[..5], &control_plane[10..]].concat();
     let (ok, text, worker_seconds) = join_on(&node, &worker);
     assert!(ok, "the worker join failed:\n{text}");
-    serving::assert_kubelet_serving(&s, NODE2, &node.path(KUBELET_DIR), NODE2_ADDRESS);
+    serving::assert_kubelet_serving(&s, NODE2, &node.path(KUBELET_DIR));
     let worker = kubectl_json(&s.host, &["get", "node", NODE2]);
     assert!(
         worker["metadata"]["labels"]["node-role.kubernetes.io/control-plane"].is_null(),

@@ -38,10 +38,21 @@ fn serving_certificate(kubelet_dir: &Path) -> String {
     }
 }
 
-/// Node `node` (its kubelet dir as the host sees it, its IP): the serving certificate on disk
-/// and the one port 10250 presents verify against the cluster CA for the node's IP, and
+/// Node `node` (its kubelet dir as the host sees it): the serving certificate on disk and the
+/// one port 10250 presents verify against the cluster CA for the Node's InternalIP, and
 /// `kubectl logs`/`kubectl exec` reach a pod of the node.
-pub fn assert_kubelet_serving(s: &Scenario, node: &str, kubelet_dir: &Path, ip: &str) {
+pub fn assert_kubelet_serving(s: &Scenario, node: &str, kubelet_dir: &Path) {
+    // The address the API server reaches the kubelet at (--kubelet-preferred-address-types).
+    let status = kubectl_json(&s.host, &["get", "node", node]);
+    let ip = status["status"]["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["type"] == "InternalIP")
+        .and_then(|a| a["address"].as_str())
+        .unwrap_or_else(|| panic!("Node {node} has no InternalIP: {status}"))
+        .to_string();
+    let ip = ip.as_str();
     let dir = tempfile::tempdir().unwrap();
     let cert = dir.path().join("serving.crt");
     std::fs::write(&cert, serving_certificate(kubelet_dir)).unwrap();
@@ -200,11 +211,6 @@ pub fn assert_foreign_csrs_stay_pending(s: &Scenario, node: &str) {
 
 /// After init: this node's serving certificate, and foreign CSRs left pending.
 pub fn check_after_init(s: &Scenario) {
-    assert_kubelet_serving(
-        s,
-        harness::NODE,
-        Path::new(KUBELET_DIR),
-        &s.host.advertise_address,
-    );
+    assert_kubelet_serving(s, harness::NODE, Path::new(KUBELET_DIR));
     assert_foreign_csrs_stay_pending(s, harness::NODE);
 }
