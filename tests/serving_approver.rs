@@ -74,7 +74,7 @@ fn the_approver_approves_the_matching_csr_once_and_leaves_the_others_pending() {
     );
     let admin = node.kubernetes_dir().join("admin.conf");
     let mut approver = Command::new(BIN)
-        .args(["approver", "--interval-seconds", "1", "--kubeconfig"])
+        .args(["approver", "-v", "--interval-seconds", "1", "--kubeconfig"])
         .arg(&admin)
         .stderr(Stdio::piped())
         .spawn()
@@ -89,6 +89,7 @@ fn the_approver_approves_the_matching_csr_once_and_leaves_the_others_pending() {
     let out = approver.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(standin.count("APPROVAL", "good"), 1, "{log}");
+    assert!(log.contains("approved good of node w1"), "{log}");
     for other in ["foreign-ip", "ghost", "by-admin"] {
         assert_eq!(standin.count("APPROVAL", other), 0, "{other}: {log}");
         assert!(
