@@ -6,7 +6,11 @@
 # Run as root on a node that holds no cluster; every scenario leaves the node clean again.
 #
 #   scripts/e2e.sh                      # this checkout's debug build
-#   KUBEFORGE_E2E_BIN=target/release/kubeforge scripts/e2e.sh   # figures for a release build
+#   KUBEFORGE_E2E_BIN=target/x86_64-unknown-linux-gnu/release/kubeforge scripts/e2e.sh   # a release build
+#
+# The binary must be statically linked, as .cargo/config.toml builds it (profile hardened runs it
+# in the kubeforge-approver static pod, in the pause image; init's preflight refuses a dynamic
+# one: KubeforgeStaticBinary).
 #
 # Optional: KUBEFORGE_E2E_VERSION (default: the kubelet's version), KUBEFORGE_E2E_IMAGE_REPOSITORY,
 # KUBEFORGE_E2E_ETCD_TAG (e.g. 3.4.23-0 for Debian's etcd packaged as an image),

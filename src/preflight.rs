@@ -269,6 +269,12 @@ fn checks(cfg: &Config, layout: &Layout, control_plane: bool, pull: bool) -> Vec
     if control_plane && cfg.endpoint.is_some() {
         check_endpoint(&mut n);
     }
+    if control_plane && cfg.security.hardened() {
+        // The kubeforge-approver static pod runs this binary in the pause image.
+        if let Err(e) = crate::kubelet::approver::static_binary() {
+            n.add("KubeforgeStaticBinary", Severity::Error, format!("{e:#}"));
+        }
+    }
     n.found
 }
 

@@ -10,7 +10,7 @@ use common::*;
 use serde_json::{json, Value};
 
 const CLUSTER_PHASES: &str =
-    "preflight,etcd,control-plane,kubelet-start,wait-control-plane,kubelet-finalize";
+    "preflight,etcd,control-plane,kubelet-start,wait-control-plane,kubelet-finalize,kubelet-serving";
 
 fn setup() -> (Node, StandIn, u16) {
     setup_with(json!([]), "10s")

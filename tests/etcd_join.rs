@@ -355,7 +355,7 @@ controlPlane:
   localAPIEndpoint:
     advertiseAddress: {}
   certificateKey: {key}
-skipPhases: [preflight, kubelet-start, wait-control-plane, control-plane-join]
+skipPhases: [preflight, kubelet-start, wait-control-plane, control-plane-join, kubelet-serving]
 timeouts:
   etcdAPICall: 20s
 ",

@@ -155,7 +155,8 @@ fn kubernetes_validate_accepts_every_manifest_for_every_version() {
         // kubernetes-validate 1.37 carries the schemas of every version here.
         let minor = version.trim_start_matches('v').rsplit_once('.').unwrap().0;
         let schema = format!("{minor}.0");
-        for c in COMPONENTS {
+        // Profile hardened (the default) adds kubeforge's CSR approver (docs/security.md).
+        for c in COMPONENTS.into_iter().chain(["kubeforge-approver"]) {
             let file = manifests.join(format!("{c}.yaml"));
             let out = run_tool(
                 "kubernetes-validate",
@@ -172,7 +173,20 @@ fn kubernetes_validate_accepts_every_manifest_for_every_version() {
         assert!(
             apiserver.contains("- --tls-private-key-file=")
                 && apiserver.contains("- --audit-log-maxage=7\n")
+                && apiserver.contains("- --kubelet-certificate-authority=")
         );
+        let approver: serde_yaml::Value = serde_yaml::from_str(
+            &std::fs::read_to_string(manifests.join("kubeforge-approver.yaml")).unwrap(),
+        )
+        .unwrap();
+        let container = &approver["spec"]["containers"][0];
+        let security = &container["securityContext"];
+        assert!(container["image"].as_str().unwrap().contains("/pause:"));
+        assert_eq!(container["command"][0].as_str(), Some(BIN));
+        assert_eq!(security["runAsNonRoot"].as_bool(), Some(true));
+        assert_eq!(security["readOnlyRootFilesystem"].as_bool(), Some(true));
+        assert_eq!(security["allowPrivilegeEscalation"].as_bool(), Some(false));
+        assert_eq!(security["capabilities"]["drop"][0].as_str(), Some("ALL"));
         let named = version != "v1.33.4";
         assert_eq!(
             apiserver.contains("port: probe-port"),

@@ -5,9 +5,9 @@ use clap::CommandFactory;
 use std::path::Path;
 
 use super::{
-    CertsCommand, CertsConfig, Cli, ClusterAccess, Command, ConfigCommand, EncryptionCommand,
-    Global, ImagesCommand, InitArgs, InitFlags, InitSubcommand, JoinArgs, JoinSubcommand,
-    KubeconfigCommand, PrintCommand, TokenCommand,
+    ApproverArgs, CertsCommand, CertsConfig, Cli, ClusterAccess, Command, ConfigCommand,
+    EncryptionCommand, Global, ImagesCommand, InitArgs, InitFlags, InitSubcommand, JoinArgs,
+    JoinSubcommand, KubeconfigCommand, PrintCommand, TokenCommand,
 };
 use crate::config::{self, CertificateKey, Token};
 use crate::node::Layout;
@@ -51,6 +51,7 @@ pub fn run(cli: Cli) -> Result<()> {
             );
             workflow::reset::run(layout, out, force, dry_run)
         }
+        Command::Approver(args) => approver(args),
         Command::Version => {
             version(out);
             Ok(())
@@ -284,4 +285,20 @@ fn version(out: Output) {
             config::DEFAULT_KUBERNETES_VERSION
         );
     }
+}
+
+fn approver(args: ApproverArgs) -> Result<()> {
+    let interval = std::time::Duration::from_secs(args.interval_seconds.max(1));
+    if let Some(path) = &args.check_heartbeat {
+        // Six passes missed, plus a slow API call's worth.
+        return crate::kubelet::approver::check_heartbeat(
+            path,
+            interval * 6 + interval.max(std::time::Duration::from_secs(60)),
+        );
+    }
+    crate::block_on(crate::kubelet::approver::run(
+        &args.kubeconfig,
+        interval,
+        args.heartbeat.as_deref(),
+    ))
 }

@@ -131,6 +131,9 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         cert_dir: Option<PathBuf>,
     },
+    /// Approve kubelet serving CSRs that match their Node (profile hardened; the static pod
+    /// kubeforge-approver runs it).
+    Approver(ApproverArgs),
     /// Print the version of kubeforge.
     Version,
     /// Print a shell completion script.
@@ -630,4 +633,24 @@ mod tests {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
     }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ApproverArgs {
+    /// The approver's kubeconfig.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/kubernetes/kubeforge-approver.conf"
+    )]
+    pub kubeconfig: PathBuf,
+    /// Seconds between two approval passes.
+    #[arg(long, default_value_t = 10)]
+    pub interval_seconds: u64,
+    /// A file touched at the start of every pass (for the liveness probe).
+    #[arg(long, value_name = "FILE")]
+    pub heartbeat: Option<PathBuf>,
+    /// Only check that the heartbeat FILE is recent (the liveness probe), then exit.
+    #[arg(long, value_name = "FILE")]
+    pub check_heartbeat: Option<PathBuf>,
 }

@@ -58,6 +58,9 @@ fn template(name: &str) -> &'static str {
             include_str!("../../templates/cluster/system-priority-classes.yaml.hbs")
         }
         "upload-certs" => include_str!("../../templates/cluster/upload-certs.yaml.hbs"),
+        "kubeforge-approver" => {
+            include_str!("../../templates/cluster/kubeforge-approver.yaml.hbs")
+        }
         "Corefile" => include_str!("../../templates/cluster/Corefile.hbs"),
         "kube-proxy.conf" => include_str!("../../templates/cluster/kube-proxy.conf.hbs"),
         "kube-proxy-kubeconfig.conf" => {
@@ -347,5 +350,13 @@ pub fn upload_certs(ttl_token: &TokenSecret) -> Result<Vec<Object>> {
     render_objects(
         "upload-certs",
         &json!({ "id": ttl_token.id, "secret": ttl_token.secret, "expiration": ttl_token.expiration }),
+    )
+}
+
+/// The ClusterRole and binding of kubeforge's kubelet serving CSR approver (profile hardened).
+pub fn csr_approver_rbac() -> Result<Vec<Object>> {
+    render_objects(
+        "kubeforge-approver",
+        &json!({ "user": crate::kubelet::serving::APPROVER_USER }),
     )
 }

@@ -45,7 +45,7 @@ impl Plan {
     ) -> Result<Plan> {
         let mut problems = Vec::new();
         let mut kubeconfigs = Vec::new();
-        for p in pki::kubeconfig_profiles() {
+        for p in pki::all_kubeconfig_profiles() {
             if !names.contains(&p.name) {
                 continue;
             }

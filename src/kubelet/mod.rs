@@ -3,8 +3,10 @@
 //! (same name as kubeadm's, so kubeadm's systemd drop-in keeps working) — its service, and the
 //! wait for its TLS bootstrap.
 
+pub mod approver;
 pub mod bootstrap;
 pub mod service;
+pub mod serving;
 
 use anyhow::{Context, Result};
 use handlebars::Handlebars;
@@ -79,6 +81,8 @@ pub fn cluster_config(cfg: &Config, layout: &Layout) -> Result<Value> {
     let mut value: Value = serde_yaml::from_str(&text).context("the kubelet config template")?;
     if cfg.security.hardened() {
         merge(&mut value, crate::manifests::hardened::kubelet_settings());
+        // A serving certificate from the cluster CA, approved by kubeforge (serving.rs).
+        value["serverTLSBootstrap"] = json!(true);
     }
     if let Some(user) = &cfg.kubelet {
         merge(

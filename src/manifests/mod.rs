@@ -419,6 +419,8 @@ impl Renderer<'_> {
             // (a single-file mount would keep showing the file replaced by a rotation).
             "encryptionConfig": cfg.security.encryption_at_rest
                 .then(|| crate::encryption::path(&self.layout.pki_dir)),
+            // Profile hardened: kubelets serve certificates of the cluster CA (kubelet::serving).
+            "kubeletCertificateAuthority": cfg.security.hardened().then(|| self.layout.pki_dir.join("ca.crt")),
         })
     }
 

@@ -95,6 +95,9 @@ pub struct KubeconfigProfile {
     /// The static pods that read the file (by component name).
     #[serde(default)]
     pub used_by: Vec<String>,
+    /// kubeforge's own (profile hardened), not one of kubeadm's kubeconfigs.
+    #[serde(default)]
+    pub hardened: bool,
 }
 
 pub fn certificate_profiles() -> Vec<CertProfile> {
@@ -129,7 +132,15 @@ pub fn prefetch_keys(cfg: &Config, layout: &crate::node::Layout, skip: &[String]
     );
 }
 
+/// kubeadm's kubeconfigs.
 pub fn kubeconfig_profiles() -> Vec<KubeconfigProfile> {
+    let mut all = all_kubeconfig_profiles();
+    all.retain(|p| !p.hardened);
+    all
+}
+
+/// kubeadm's kubeconfigs and kubeforge's own (`hardened: true`).
+pub fn all_kubeconfig_profiles() -> Vec<KubeconfigProfile> {
     serde_yaml::from_str(KUBECONFIGS).expect("pki/kubeconfigs.yaml is valid (unit-tested)")
 }
 

@@ -51,6 +51,9 @@ pub trait Effects {
     /// Adds this node's etcd to the cluster as a learner and promotes it (`rendered`: the
     /// manifest as a first member would get it, for its URLs).
     fn join_etcd(&self, env: &mut Env, rendered: &str) -> Result<()>;
+    /// Approves this node's kubelet serving CSR (profile hardened) and waits for its
+    /// certificate.
+    fn approve_serving(&self, env: &Env, phase: &str) -> Result<()>;
     /// The end of the run: the closing words, or where a dry-run's files are.
     fn finish(&self, env: &Env, closing: Option<&str>);
 }
@@ -208,6 +211,10 @@ impl Effects for Live {
         super::join::join_etcd_live(env, rendered)
     }
 
+    fn approve_serving(&self, env: &Env, phase: &str) -> Result<()> {
+        super::init::approve_serving_live(env, &self.client(env)?, phase)
+    }
+
     fn finish(&self, env: &Env, closing: Option<&str>) {
         if let (Some(text), false) = (closing, env.out.json()) {
             println!("{text}");
@@ -333,6 +340,15 @@ impl Effects for DryRun {
                 urls.peer
             ),
             json!({ "peerURL": urls.peer }),
+        );
+        Ok(())
+    }
+
+    fn approve_serving(&self, env: &Env, phase: &str) -> Result<()> {
+        env.out.step(
+            phase,
+            "Would approve this node's kubelet serving certificate request",
+            json!({ "dryRun": true }),
         );
         Ok(())
     }

@@ -117,6 +117,9 @@ pub fn phases() -> Vec<Phase<InitData>> {
                 Phase::new("coredns", "Install the CoreDNS addon to a Kubernetes cluster"),
                 Phase::new("kube-proxy", "Install the kube-proxy addon to a Kubernetes cluster"),
             ]),
+        Phase::new("kubelet-serving", KUBELET_SERVING)
+            .run_if_noted(|d: &InitData| d.env.cfg.security.hardened(), KUBELET_SERVING_SKIPPED)
+            .run(|d, step| write_approver_and_approve(&mut d.env, step.name)),
         Phase::new("show-join-command", "Show the join command for control-plane and worker node")
             .run(show_join_command),
     ]
@@ -662,6 +665,67 @@ fn addons(d: &mut InitData, step: &Step) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// kubeforge's `kubelet-serving` phase (profile hardened), in init's and a control-plane join's
+/// tables.
+pub(super) const KUBELET_SERVING: &str =
+    "Run kubeforge's kubelet serving CSR approver and approve this node's serving certificate";
+const KUBELET_SERVING_SKIPPED: &str =
+    "Profile kubeadm: the kubelet serves a self-signed certificate";
+
+/// The approver's RBAC, kubeconfig and static pod, then this node's serving CSR approved.
+pub(super) fn write_approver_and_approve(env: &mut Env, phase: &str) -> Result<()> {
+    use crate::kubelet::approver;
+    env.effects()
+        .apply(env, phase, objects::csr_approver_rbac()?)?;
+    let name = approver::KUBECONFIG_PROFILE.to_string();
+    let mut plan = kubeconfig_plan(env, std::slice::from_ref(&name))?;
+    let mut files = plan.files(&env.cfg, &env.layout, &env.out, &name)?;
+    for file in &mut files {
+        file.mode = approver::KUBECONFIG_MODE;
+    }
+    env.write_all(phase, &files)?;
+    let binary = std::env::current_exe().context("locating the kubeforge binary")?;
+    let manifest = approver::manifest(&env.cfg, &env.layout, &binary)?;
+    env.writer
+        .ensure_dir(&env.layout.manifests_dir.clone(), 0o700)?;
+    let path = manifest.path.clone();
+    let outcome = env.write(phase, &manifest)?;
+    env.out.step(
+        phase,
+        &format!(
+            "Creating static Pod manifest for \"{}\" running {}",
+            approver::POD,
+            binary.display()
+        ),
+        json!({ "path": path, "binary": binary, "outcome": format!("{outcome:?}") }),
+    );
+    env.effects().approve_serving(env, phase)
+}
+
+/// Live: this node's serving CSR approved, its certificate waited for (a warning on timeout:
+/// the approver pod keeps approving).
+pub(super) fn approve_serving_live(env: &Env, client: &kube::Client, phase: &str) -> Result<()> {
+    let node = env.cfg.init.node_registration.name.clone();
+    let limit = std::time::Duration::from_secs(120);
+    let start = std::time::Instant::now();
+    let issued = crate::block_on(crate::kubelet::serving::approve_own(client, &node, limit))?;
+    let seconds = start.elapsed().as_secs_f64();
+    let message = if issued {
+        format!("The kubelet of {node} has a serving certificate from the cluster CA after {seconds:.1}s")
+    } else {
+        format!(
+            "WARNING: no serving certificate issued for the kubelet of {node} after {seconds:.0}s: \
+             kubectl logs/exec on it fail until one is (kubectl get csr; the kubeforge-approver pod keeps approving)"
+        )
+    };
+    env.out.step(
+        phase,
+        &message,
+        json!({ "node": node, "issued": issued, "seconds": seconds }),
+    );
     Ok(())
 }
 

@@ -70,6 +70,12 @@ pub fn phases() -> Vec<Phase<JoinData>> {
             .run_if(control_plane)
             .children(vec![Phase::new("mark-control-plane", "Mark a node as a control-plane")
                 .run(|d, _| init::mark_control_plane_node(&d.env))]),
+        Phase::new("kubelet-serving", init::KUBELET_SERVING)
+            .run_if_noted(
+                |d: &JoinData| control_plane(d) && d.env.cfg.security.hardened(),
+                "Skipping: not a control-plane join, or profile kubeadm",
+            )
+            .run(|d, step| init::write_approver_and_approve(&mut d.env, step.name)),
     ]
 }
 

@@ -15,7 +15,7 @@ use super::{free_port, require_tool, tool_ok, Node, BIN};
 pub const VERSION: &str = "v1.35.6";
 /// The init preflight checks a test machine may fail that are not this file's business (no
 /// kubelet, one CPU, ports an e2e run holds).
-pub const OTHER_CHECKS: &str = "NumCPU,Mem,KubeletVersion,FileContent--proc-sys-net-ipv4-ip_forward,Port-10250,Port-10257,Port-10259,Port-2379,Port-2380";
+pub const OTHER_CHECKS: &str = "NumCPU,Mem,KubeletVersion,KubeforgeStaticBinary,FileContent--proc-sys-net-ipv4-ip_forward,Port-10250,Port-10257,Port-10259,Port-2379,Port-2380";
 
 /// A registry and a containerd that pulls from it, both stopped when dropped.
 pub struct Lab {

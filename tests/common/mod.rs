@@ -16,7 +16,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_kubeforge");
 
 /// `--skip-phases` for a node without a kubelet or API server: the phases that write host files
 /// run, the ones that need a running control plane do not.
-pub const HOST_PHASES_ONLY: &str = "preflight,wait-control-plane,upload-config,upload-certs,mark-control-plane,bootstrap-token,addon,show-join-command";
+pub const HOST_PHASES_ONLY: &str = "preflight,wait-control-plane,upload-config,upload-certs,mark-control-plane,bootstrap-token,addon,kubelet-serving,show-join-command";
 
 pub fn reference_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/kubeadm-v1.35.6")
@@ -556,4 +556,32 @@ impl Drop for Netns {
             .args(["netns", "delete", &self.0])
             .status();
     }
+}
+
+/// A PEM certificate request made by openssl for subject `CN=system:node:<node>, O=system:nodes`
+/// with IP SAN `ip` (its key beside it in `dir`), as a kubelet asks for a serving certificate.
+pub fn node_serving_request(dir: &Path, name: &str, node: &str, ip: &str) -> Vec<u8> {
+    let out = dir.join(format!("{name}.csr"));
+    let key = dir.join(format!("{name}.key"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .args(["-subj", &format!("/O=system:nodes/CN=system:node:{node}")])
+        .args(["-addext", &format!("subjectAltName=IP:{ip}")])
+        .arg("-out")
+        .arg(&out)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success(), "openssl req for {name}");
+    std::fs::read(out).unwrap()
 }

@@ -12,6 +12,7 @@ mod ha;
 mod harness;
 mod node2;
 mod rootless;
+mod serving;
 mod upgrade;
 
 use std::collections::BTreeMap;
@@ -357,6 +358,7 @@ fn init_brings_up_the_control_plane_and_a_rerun_changes_nothing() {
     bench::assert_cis_benchmark_passes("kubeforge init", None, bench::CONTROL_PLANE);
     bench::assert_audit_log_written(&s);
     assert_the_signer_keeps_kubeforges_signature(&s, &run);
+    serving::check_after_init(&s);
     let written = run
         .at("Creating static Pod manifest for \"kube-scheduler\"")
         .expect("the control-plane phase line");
@@ -826,6 +828,7 @@ fn a_second_node_joins_as_control_plane_and_as_worker() {
         bench::SECOND_CONTROL_PLANE,
     );
     rootless::assert_node_runs_rootless(&node);
+    serving::assert_kubelet_serving(&s, NODE2, &node.path(KUBELET_DIR));
     for shared in ["ca.key", "sa.key", "front-proxy-ca.key", "etcd/ca.key"] {
         assert_eq!(
             std::fs::read(node.path(&format!("{KUBERNETES_DIR}/pki/{shared}"))).unwrap(),
@@ -873,6 +876,7 @@ fn a_second_node_joins_as_control_plane_and_as_worker() {
     let worker = [&control_plane[..5], &control_plane[10..]].concat();
     let (ok, text, worker_seconds) = join_on(&node, &worker);
     assert!(ok, "the worker join failed:\n{text}");
+    serving::assert_kubelet_serving(&s, NODE2, &node.path(KUBELET_DIR));
     let worker = kubectl_json(&s.host, &["get", "node", NODE2]);
     assert!(
         worker["metadata"]["labels"]["node-role.kubernetes.io/control-plane"].is_null(),

@@ -15,6 +15,8 @@ Usage: apiserver.py CONFIG.json — the config names the ports, the TLS files an
   sign_after: seconds                   sign only then (a join right after init)
   health: [{port, tls, cert, key}]      200 on any path (kcm, scheduler, kubelet)
   log: file                             one JSON line per request: method, path, user, groups
+  CSRs: GET lists filter by spec.signerName; PUT …/certificatesigningrequests/NAME/approval
+  replaces the conditions
   faults: [{method, path, play, times, seconds}]   API faults, for the client's retries: a request
                                         whose method is `method` and whose path contains `path`
                                         is answered by `play` — "drop" (connection closed, nothing
@@ -116,7 +118,7 @@ def sign_cluster_info():
             info["metadata"]["resourceVersion"] = next_version()
 
 
-PATH = re.compile(r"^/(?:api/v1|apis/[^/]+/[^/]+)(?:/namespaces/([^/]+))?/([^/]+)(?:/([^/]+))?$")
+PATH = re.compile(r"^/(?:api/v1|apis/[^/]+/[^/]+)(?:/namespaces/([^/]+))?/([^/]+)(?:/([^/]+))?(?:/(approval))?$")
 
 
 class Api(BaseHTTPRequestHandler):
@@ -221,6 +223,9 @@ class Api(BaseHTTPRequestHandler):
         if not m:
             return self.status(404, "NotFound", url.path)
         ns, resource, name = m.group(1) or "", m.group(2), m.group(3)
+        if m.group(4):
+            with LOCK:
+                return self.approval(resource, name)
         if resource == "pods":
             return self.pods(query)
         with LOCK:
@@ -270,6 +275,8 @@ class Api(BaseHTTPRequestHandler):
             selector = query.get("fieldSelector", [""])[0]
             if selector.startswith("type="):
                 items = [o for o in items if o.get("type") == selector[5:]]
+            if selector.startswith("spec.signerName="):
+                items = [o for o in items if o["spec"].get("signerName") == selector[16:]]
             return self.send(200, {"apiVersion": "v1", "kind": "List", "items": items,
                                    "metadata": {"resourceVersion": str(VERSION[0])}})
         if (self.command in ("POST", "PATCH") and resource == "clusterrolebindings"
@@ -325,6 +332,27 @@ class Api(BaseHTTPRequestHandler):
         self.status(405, "MethodNotAllowed", self.command)
 
     do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = handle_any
+
+
+def approval(self, resource, name):
+    """PUT .../certificatesigningrequests/NAME/approval: the conditions replaced (a conflict when
+    the resourceVersion is stale)."""
+    key = (resource, "", name)
+    obj = self.body()
+    if self.command != "PUT" or key not in STORE:
+        return self.status(404, "NotFound", f"{resource} {name!r} not found")
+    old = STORE[key]
+    if obj["metadata"].get("resourceVersion") != old["metadata"]["resourceVersion"]:
+        return self.status(409, "Conflict", "the object has been modified")
+    new = copy.deepcopy(old)
+    new.setdefault("status", {})["conditions"] = obj.get("status", {}).get("conditions", [])
+    new["metadata"]["resourceVersion"] = next_version()
+    STORE[key] = new
+    log({"method": "APPROVAL", "path": name, "conditions": new["status"]["conditions"]})
+    return self.send(200, new)
+
+
+Api.approval = approval
 
 
 def merge(target, patch):
