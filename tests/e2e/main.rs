@@ -405,7 +405,8 @@ fn init_brings_up_the_control_plane_and_a_rerun_changes_nothing() {
         .map(|(_, l)| l.as_str())
         .filter(|l| l.contains(" objects in "))
         .collect();
-    assert_eq!(applied.len(), 3, "{applied:?}");
+    // upload-config, bootstrap-token, addon, and the hardened profile's kubelet-serving RBAC.
+    assert_eq!(applied.len(), 4, "{applied:?}");
     for line in applied {
         assert!(
             line.contains(" 0 created, 0 changed,"),
