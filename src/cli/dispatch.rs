@@ -5,9 +5,9 @@ use clap::CommandFactory;
 use std::path::Path;
 
 use super::{
-    CertsCommand, CertsConfig, Cli, ClusterAccess, Command, ConfigCommand, Global, ImagesCommand,
-    InitArgs, InitFlags, InitSubcommand, JoinArgs, JoinSubcommand, KubeconfigCommand, PrintCommand,
-    TokenCommand,
+    CertsCommand, CertsConfig, Cli, ClusterAccess, Command, ConfigCommand, EndpointCommand, Global,
+    ImagesCommand, InitArgs, InitFlags, InitSubcommand, JoinArgs, JoinSubcommand,
+    KubeconfigCommand, PrintCommand, TokenCommand,
 };
 use crate::config::{self, CertificateKey, Token};
 use crate::node::Layout;
@@ -44,6 +44,7 @@ pub fn run(cli: Cli) -> Result<()> {
             );
             workflow::reset::run(layout, out, force, dry_run)
         }
+        Command::Endpoint(command) => endpoint(command),
         Command::Version => {
             version(out);
             Ok(())
@@ -277,4 +278,27 @@ fn version(out: Output) {
             config::DEFAULT_KUBERNETES_VERSION
         );
     }
+}
+
+fn endpoint(command: EndpointCommand) -> Result<()> {
+    let EndpointCommand::Sync {
+        dir,
+        ca,
+        client_cert,
+        master_socket,
+        local,
+        servers,
+        interval_seconds,
+        once,
+    } = command;
+    crate::endpoint::sync::run(&crate::endpoint::sync::SyncOptions {
+        dir,
+        ca,
+        client_cert,
+        master_socket,
+        local,
+        servers,
+        interval: std::time::Duration::from_secs(interval_seconds.max(1)),
+        once,
+    })
 }

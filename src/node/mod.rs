@@ -4,7 +4,7 @@
 mod lock;
 mod writer;
 
-pub use writer::{journal_entries, HostWriter, Outcome};
+pub use writer::{journal_entries, replace_file, HostWriter, Outcome};
 
 use std::path::{Path, PathBuf};
 
