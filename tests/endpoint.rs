@@ -137,6 +137,11 @@ fn config_errors_name_file_field_and_line() {
         ("mode: vip", "mode: node-local", "ControlPlaneEndpoint.mode"),
         (
             "mode: vip",
+            "mode: vip\nnodeLocal: maybe",
+            "ControlPlaneEndpoint.nodeLocal",
+        ),
+        (
+            "mode: vip",
             "mode: vip\nbalancerPort: 6443",
             "ControlPlaneEndpoint.balancerPort",
         ),
@@ -974,5 +979,130 @@ impl Drop for Held {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A worker's node-local balancer (`nodeLocal: true`) as `join` renders it: haproxy on
+/// 127.0.0.1:<balancerPort> in front of the control-plane endpoint until its sync (no `--local`:
+/// a worker has no API server) lists the API servers — checked by Debian's haproxy and
+/// kubernetes-validate; and kubelet.conf pointed at it with `tls-server-name: kubernetes`, which
+/// kubectl (client-go, as the kubelet) accepts against the API server certificate kubeforge made,
+/// served on 127.0.0.1 where that certificate has no SAN.
+#[test]
+fn node_local_worker_balancer_and_kubelet_conf() {
+    require_tool("haproxy");
+    let node = Node::new();
+    let cfg = endpoint_config(&node, &format!("{ENDPOINT_DOC}nodeLocal: true\n"));
+    node.run_ok(&["init", "phase", "certs", "all", "--config", &cfg]);
+    node.run_ok(&["init", "phase", "kubeconfig", "kubelet", "--config", &cfg]);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let config =
+        kubeforge::config::load_str(&text, "t.yaml", &Default::default(), &node.kubernetes_dir())
+            .unwrap();
+    let layout = kubeforge::node::Layout::new(
+        &node.kubernetes_dir(),
+        &node.root().join("var/lib/kubelet"),
+        &node.pki(),
+        &node.root().join("var/lib/etcd"),
+    );
+    for f in kubeforge::endpoint::worker_files(&config, &layout).unwrap() {
+        std::fs::create_dir_all(f.path.parent().unwrap()).unwrap();
+        std::fs::write(&f.path, &f.contents).unwrap();
+    }
+    let haproxy_cfg = endpoint_dir(&node).join("haproxy.cfg");
+    tool_ok("haproxy", &["-c", "-f", haproxy_cfg.to_str().unwrap()]);
+    let rendered = std::fs::read_to_string(&haproxy_cfg).unwrap();
+    assert!(rendered.contains("    bind 127.0.0.1:8443\n"), "{rendered}");
+    assert_eq!(
+        server_lines(&haproxy_cfg),
+        ["server 10.213.1.100:8443 10.213.1.100:8443"]
+    );
+    let manifest = node
+        .kubernetes_dir()
+        .join("manifests/kubeforge-haproxy.yaml");
+    tool_ok(
+        "kubernetes-validate",
+        &["--strict", "-k", "1.35.0", manifest.to_str().unwrap()],
+    );
+    assert!(!node
+        .kubernetes_dir()
+        .join("manifests/kubeforge-keepalived.yaml")
+        .exists());
+    let pod: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    let sync: Vec<&str> = pod["spec"]["containers"][1]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(!sync.contains(&"--local"), "{sync:?}");
+    assert!(
+        sync.windows(2)
+            .any(|w| w == ["--server", "https://10.213.1.100:8443"]),
+        "{sync:?}"
+    );
+
+    let ep = config.endpoint.as_ref().unwrap();
+    let kubelet_conf = node.kubernetes_dir().join("kubelet.conf");
+    let pointed =
+        kubeforge::endpoint::node_local_kubeconfig(&std::fs::read(&kubelet_conf).unwrap(), ep)
+            .unwrap();
+    std::fs::write(&kubelet_conf, pointed).unwrap();
+    let apiserver_crt = node.pki().join("apiserver.crt");
+    let sans = tool_ok(
+        "openssl",
+        &[
+            "x509",
+            "-in",
+            apiserver_crt.to_str().unwrap(),
+            "-noout",
+            "-ext",
+            "subjectAltName",
+        ],
+    );
+    assert!(
+        sans.contains("DNS:kubernetes,") && !sans.contains("127.0.0.1"),
+        "{sans}"
+    );
+    let ns = Netns::new("10.213.4.1");
+    std::fs::write(endpoint_dir(&node).join("a.status"), "200").unwrap();
+    let mut c = ns.cmd("python3");
+    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/readyz_backend.py"))
+        .arg(node.pki().join("apiserver.crt"))
+        .arg(node.pki().join("apiserver.key"))
+        .args(["127.0.0.1", "8443"])
+        .arg(endpoint_dir(&node).join("a.status"))
+        .arg("through-127.0.0.1");
+    let _backend = spawn(c);
+    let kubectl = |args: &[&str]| {
+        ns.cmd(&common::kubectl())
+            .arg(format!("--kubeconfig={}", kubelet_conf.display()))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let view = kubectl(&[
+        "config",
+        "view",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server} {.clusters[0].cluster.tls-server-name}",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&view.stdout),
+        "https://127.0.0.1:8443 kubernetes"
+    );
+    let start = Instant::now();
+    loop {
+        let out = kubectl(&["get", "--raw", "/version"]);
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "through-127.0.0.1");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "kubectl through 127.0.0.1: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

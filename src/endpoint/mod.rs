@@ -124,6 +124,42 @@ pub fn files(
     Ok(files)
 }
 
+/// A worker's node-local balancer (`nodeLocal`): haproxy on loopback at the balancer's port,
+/// at first in front of the control-plane endpoint itself (nothing to ask the API at join
+/// time); its sync puts every live API server in its place within a round.
+pub fn worker_files(cfg: &Config, layout: &Layout) -> Result<Vec<File>> {
+    let ep = document(cfg)?;
+    let check = config_dir(layout).join("check-balancer.sh");
+    let mut data = template_data(cfg, layout, ep, "", &check);
+    let port = ep.balancer_port;
+    data["balancerBind"] = json!(if ep.vip().is_ipv4() {
+        format!("127.0.0.1:{port}")
+    } else {
+        format!("::1:{port}")
+    });
+    let first = Member::at(&cfg.cluster.control_plane_endpoint);
+    haproxy_files(cfg, layout, &data, &[first], None)
+}
+
+/// The node-local balancer's URL (`nodeLocal`).
+pub fn node_local_url(ep: &ControlPlaneEndpoint) -> String {
+    let host = if ep.vip().is_ipv4() {
+        "127.0.0.1"
+    } else {
+        "[::1]"
+    };
+    format!("https://{host}:{}", ep.balancer_port)
+}
+
+/// A kubeconfig (the worker's kubelet.conf) pointed at the node-local balancer, the API
+/// server's certificate checked for `kubernetes`, a name every API server certificate holds
+/// (kubeadm's SANs): no SAN for 127.0.0.1 is needed.
+pub fn node_local_kubeconfig(text: &[u8], ep: &ControlPlaneEndpoint) -> Result<String> {
+    let mut conf = crate::kubeconfig::Kubeconfig::parse(text)?;
+    conf.set_server(&node_local_url(ep), "kubernetes");
+    Ok(conf.to_yaml())
+}
+
 fn document(cfg: &Config) -> Result<&ControlPlaneEndpoint> {
     cfg.endpoint
         .as_ref()
