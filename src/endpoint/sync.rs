@@ -203,8 +203,9 @@ pub fn sync_once(
     let members: Vec<Member> = next.iter().map(|a| Member::at(a)).collect();
     let rendered = render_haproxy(settings, &members)?;
     crate::node::replace_file(&path, rendered.as_bytes(), 0o644)?;
-    *loaded = Some(rendered);
+    // Only once haproxy has it: a failed reload is tried again next round (the file differs).
     reload(&options.master_socket)?;
+    *loaded = Some(rendered);
     Ok(Some(next))
 }
 

@@ -237,6 +237,8 @@ fn build_cluster(host: &Host) -> (Vec<ExtraNode>, JoinKeys) {
     }
     let worker = kubeforge_on(&nodes[3], &keys.worker(5));
     assert!(worker.contains("node-local balancer"), "{worker}");
+    // kubeforge restarts a systemd kubelet itself; the suite's kubelets have a supervisor.
+    nodes[3].restart_kubelet();
     let kubelet_conf =
         std::fs::read_to_string(nodes[3].path(&format!("{KUBERNETES_DIR}/kubelet.conf"))).unwrap();
     assert!(
@@ -456,6 +458,18 @@ fn ha_endpoint_survives_losing_node_one() {
         &nodes[3],
         "the worker's node-local haproxy has the three API servers",
         &[2, 3, 4],
+    );
+    until(
+        "the worker's kubelet talks to the API through 127.0.0.1:8443",
+        Duration::from_secs(60),
+        || {
+            let out = nodes[3]
+                .command("ss")
+                .args(["-Htnp", "state", "established", "dst", "127.0.0.1:8443"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains("\"kubelet\"")
+        },
     );
     let through_vip = median_request(&format!("https://{ENDPOINT}/readyz"));
     let direct = median_request(&format!("https://{}:6443/readyz", node_address(3)));
