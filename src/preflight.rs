@@ -266,8 +266,13 @@ fn checks(cfg: &Config, layout: &Layout, control_plane: bool, pull: bool) -> Vec
         check_etcd_data(&mut n);
     }
     check_ports(&mut n, local_etcd);
-    if control_plane && cfg.endpoint.is_some() {
-        check_endpoint(&mut n);
+    // Control-plane nodes run both balancers; a worker of a `nodeLocal` cluster its haproxy.
+    if cfg
+        .endpoint
+        .as_ref()
+        .is_some_and(|e| control_plane || e.node_local)
+    {
+        check_endpoint(&mut n, control_plane);
     }
     if control_plane && cfg.security.hardened() {
         // The kubeforge-approver static pod runs this binary in the pause image.
@@ -278,8 +283,9 @@ fn checks(cfg: &Config, layout: &Layout, control_plane: bool, pull: bool) -> Vec
     n.found
 }
 
-/// The balancers' manifests, ports and images (ControlPlaneEndpoint).
-fn check_endpoint(n: &mut Node) {
+/// The balancers' manifests, ports and images (ControlPlaneEndpoint); a worker's (`nodeLocal`)
+/// needs no keepalived.
+fn check_endpoint(n: &mut Node, control_plane: bool) {
     let Some(ep) = n.cfg.endpoint.as_ref() else {
         return;
     };
@@ -305,7 +311,10 @@ fn check_endpoint(n: &mut Node) {
         }
     }
     let socket = n.cfg.init.node_registration.cri_socket.clone();
-    let images = [ep.images.haproxy.clone(), ep.images.keepalived.clone()];
+    let mut images = vec![ep.images.haproxy.clone()];
+    if control_plane {
+        images.push(ep.images.keepalived.clone());
+    }
     let pull = n.pull;
     let missing = crate::block_on(async {
         let mut runtime = crate::cri::Runtime::connect(&socket).await?;

@@ -137,6 +137,11 @@ fn config_errors_name_file_field_and_line() {
         ("mode: vip", "mode: node-local", "ControlPlaneEndpoint.mode"),
         (
             "mode: vip",
+            "mode: vip\nnodeLocal: maybe",
+            "ControlPlaneEndpoint.nodeLocal",
+        ),
+        (
+            "mode: vip",
             "mode: vip\nbalancerPort: 6443",
             "ControlPlaneEndpoint.balancerPort",
         ),
@@ -313,6 +318,8 @@ impl Balanced {
             .collect();
         let dir = endpoint_dir(node);
         std::fs::create_dir_all(&dir).unwrap();
+        // The pod's emptyDir for haproxy's master socket.
+        std::fs::create_dir_all(node.kubernetes_dir().join("endpoint-run")).unwrap();
         for f in kubeforge::endpoint::files(&config, &layout, &members, "eth9").unwrap() {
             std::fs::create_dir_all(f.path.parent().unwrap()).unwrap();
             std::fs::write(&f.path, &f.contents).unwrap();
@@ -389,8 +396,10 @@ impl Balanced {
     /// Each server's state on haproxy's stats page (`/stats;csv`): (name, UP/DOWN/…).
     fn states(&self) -> Vec<(String, String)> {
         let csv = self.curl("http://127.0.0.1:8404/stats;csv");
+        // The node's own API server (192.0.2.2, always a server) has no route in here: left out.
         csv.lines()
             .filter(|l| l.starts_with("kube-apiservers,") && !l.contains(",BACKEND,"))
+            .filter(|l| !l.starts_with("kube-apiservers,192.0.2.2:6443,"))
             .map(|l| {
                 let fields: Vec<&str> = l.split(',').collect();
                 // pxname, svname, … status is the 18th column.
@@ -620,4 +629,480 @@ fn preflight_names_a_missing_balancer_image() {
     }
     let dir = dry_run_dir(&stdout);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A certificate signed by `node`'s cluster CA with openssl: (cert, key) in `dir`.
+fn signed_by_cluster_ca(
+    node: &Node,
+    dir: &Path,
+    name: &str,
+    subject: &str,
+    ext: &str,
+) -> (PathBuf, PathBuf) {
+    let (crt, key, csr) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.csr")),
+    );
+    let extfile = dir.join(format!("{name}.ext"));
+    std::fs::write(&extfile, ext).unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    tool_ok(
+        "openssl",
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &s(&key),
+            "-subj",
+            subject,
+            "-out",
+            &s(&csr),
+        ],
+    );
+    let pki = node.pki();
+    tool_ok(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &s(&csr),
+            "-CA",
+            &s(&pki.join("ca.crt")),
+            "-CAkey",
+            &s(&pki.join("ca.key")),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            &s(&crt),
+            "-extfile",
+            &s(&extfile),
+        ],
+    );
+    (crt, key)
+}
+
+/// The `default/kubernetes` EndpointSlice with `addresses`, all on port 16443.
+fn apiserver_slice(addresses: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kubernetes", "namespace": "default"},
+        "addressType": "IPv4",
+        "ports": [{"name": "https", "port": 16443, "protocol": "TCP"}],
+        "endpoints": addresses.iter().map(|a| serde_json::json!({"addresses": [a], "conditions": {"ready": true}})).collect::<Vec<_>>(),
+    })
+}
+
+/// The sync container's command from the rendered manifest, asked to do one round against
+/// `server` too.
+fn sync_command(ns: &Netns, node: &Node, server: &str) -> Command {
+    let text = std::fs::read_to_string(
+        node.kubernetes_dir()
+            .join("manifests/kubeforge-haproxy.yaml"),
+    )
+    .unwrap();
+    let pod: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    let container = &pod["spec"]["containers"][1];
+    assert_eq!(container["name"], "sync");
+    let command: Vec<String> = container["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        Path::new(&command[0]),
+        Path::new(env!("CARGO_BIN_EXE_kubeforge")),
+        "the sync runs the host's binary"
+    );
+    let mut c = ns.cmd(&command[0]);
+    c.args(&command[1..]).args(["--server", server, "--once"]);
+    c
+}
+
+/// `kubeforge endpoint sync` as the rendered haproxy pod runs it, beside Debian's haproxy started
+/// with the manifest's own command (master-worker, master socket), in a network namespace of
+/// their own. The API side is the stand-in serving `default/kubernetes` (client logic only); the
+/// reload is real: haproxy's stats list the new servers, one of them serves, a connection opened
+/// before the reload keeps working after it, and an unreachable API changes nothing.
+#[test]
+fn sync_reloads_haproxy_with_the_api_servers_the_cluster_lists() {
+    require_tool("haproxy");
+    require_tool("openssl");
+    require_tool("curl");
+    let node = Node::new();
+    let cfg = endpoint_config(&node, ENDPOINT_DOC);
+    node.run_ok(&["init", "phase", "certs", "all", "--config", &cfg]);
+    node.run_ok(&["init", "phase", "control-plane-endpoint", "--config", &cfg]);
+    let dir = endpoint_dir(&node);
+    let haproxy_cfg = dir.join("haproxy.cfg");
+    assert_eq!(
+        server_lines(&haproxy_cfg),
+        ["server 192.0.2.2:6443 192.0.2.2:6443"]
+    );
+    // The kubelet's rotating client certificate, as the sync reads it.
+    let kubelet_pki = node.root().join("var/lib/kubelet/pki");
+    std::fs::create_dir_all(&kubelet_pki).unwrap();
+    let (crt, key) = signed_by_cluster_ca(
+        &node,
+        &kubelet_pki,
+        "client",
+        "/O=system:nodes/CN=system:node:cp1",
+        "extendedKeyUsage=clientAuth\n",
+    );
+    let pem = kubelet_pki.join("kubelet-client-current.pem");
+    let both = std::fs::read_to_string(&crt).unwrap() + &std::fs::read_to_string(&key).unwrap();
+    std::fs::write(&pem, both).unwrap();
+    let (api_crt, api_key) = signed_by_cluster_ca(
+        &node,
+        &kubelet_pki,
+        "standin",
+        "/CN=standin",
+        "subjectAltName=IP:127.0.0.1\n",
+    );
+
+    // Nothing answers at the node's own address in here: the sync must ask the others.
+    let ns = Netns::new("10.213.3.1");
+    std::fs::create_dir_all(node.kubernetes_dir().join("endpoint-run")).unwrap();
+    let mut processes = Vec::new();
+    for (name, address) in [("a", "127.0.0.1"), ("b", "127.0.0.2")] {
+        std::fs::write(dir.join(format!("{name}.status")), "200").unwrap();
+        let mut c = ns.cmd("python3");
+        c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/readyz_backend.py"))
+            .arg(node.pki().join("apiserver.crt"))
+            .arg(node.pki().join("apiserver.key"))
+            .args([address, "16443"])
+            .arg(dir.join(format!("{name}.status")))
+            .arg(name);
+        processes.push(spawn(c));
+    }
+    let command = manifest_command(
+        &node
+            .kubernetes_dir()
+            .join("manifests/kubeforge-haproxy.yaml"),
+    );
+    let mut c = ns.cmd(&command[0]);
+    c.args(&command[1..]);
+    processes.push(spawn(c));
+    let port = free_port();
+    let mut launcher = Command::new("ip");
+    launcher.args(["netns", "exec", &ns.0]);
+    let standin_dir = tempfile::tempdir().unwrap();
+    let p = |p: &Path| p.display().to_string();
+    let standin = common::standin::StandIn::start_in(
+        standin_dir.path(),
+        serde_json::json!({
+            "api": {"host": "127.0.0.1", "port": port, "cert": p(&api_crt), "key": p(&api_key), "ca": p(&node.pki().join("ca.crt"))},
+            "objects": [apiserver_slice(&["127.0.0.1", "127.0.0.2"])],
+        }),
+        launcher,
+    );
+    let server = format!("https://127.0.0.1:{port}");
+    let states = |ns: &Netns| -> Vec<(String, String)> {
+        let out = ns
+            .cmd("curl")
+            .args(["-s", "--max-time", "2", "http://127.0.0.1:8404/stats;csv"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("kube-apiservers,") && !l.contains(",BACKEND,"))
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (
+                    f[1].to_string(),
+                    f[17].split(' ').next().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let until = |what: &str, f: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !f() {
+            assert!(start.elapsed() < Duration::from_secs(15), "never: {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    until("haproxy's stats page answers", &|| !states(&ns).is_empty());
+    assert_eq!(
+        states(&ns)
+            .iter()
+            .map(|(s, _)| s.as_str())
+            .collect::<Vec<_>>(),
+        ["192.0.2.2:6443"]
+    );
+
+    // A connection through haproxy's old worker, opened before the reload.
+    let mut held = ns.cmd("openssl");
+    held.args(["s_client", "-connect", "127.0.0.1:8443", "-quiet"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+
+    // Two API servers listed: both added, the node's own kept; haproxy reloaded, not restarted.
+    let out = sync_command(&ns, &node, &server).output().unwrap();
+    assert!(
+        out.status.success(),
+        "sync: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        server_lines(&haproxy_cfg),
+        [
+            "server 127.0.0.1:16443 127.0.0.1:16443",
+            "server 127.0.0.2:16443 127.0.0.2:16443",
+            "server 192.0.2.2:6443 192.0.2.2:6443"
+        ]
+    );
+    tool_ok("haproxy", &["-c", "-f", haproxy_cfg.to_str().unwrap()]);
+    until("the new servers UP on the stats page", &|| {
+        let s = states(&ns);
+        s.len() == 3 && s.iter().filter(|(_, st)| st == "UP").count() == 2
+    });
+    let mut held = spawn_piped(held);
+    until("a request through the balancer is served", &|| {
+        let out = ns
+            .cmd("curl")
+            .args(["-sk", "--max-time", "2", "https://127.0.0.1:8443/version"])
+            .output()
+            .unwrap();
+        out.stdout == b"a" || out.stdout == b"b"
+    });
+    std::thread::sleep(Duration::from_secs(1));
+
+    // One of them gone from the slice: removed; the connection opened before survives the reload.
+    let patch = serde_json::json!({"endpoints": [{"addresses": ["127.0.0.2"], "conditions": {"ready": true}}]});
+    let out = ns
+        .cmd("curl")
+        .args(["-s", "--cacert"])
+        .arg(node.pki().join("ca.crt"))
+        .arg("--cert")
+        .arg(&pem)
+        .arg("--key")
+        .arg(&pem)
+        .args([
+            "-X",
+            "PATCH",
+            "-H",
+            "Content-Type: application/merge-patch+json",
+            "-d",
+            &patch.to_string(),
+        ])
+        .arg(format!(
+            "{server}/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes"
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = sync_command(&ns, &node, &server).output().unwrap();
+    assert!(
+        out.status.success(),
+        "sync: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        server_lines(&haproxy_cfg),
+        [
+            "server 127.0.0.2:16443 127.0.0.2:16443",
+            "server 192.0.2.2:6443 192.0.2.2:6443"
+        ]
+    );
+    until("127.0.0.1:16443 gone from the stats page", &|| {
+        let s = states(&ns);
+        s.len() == 2 && !s.iter().any(|(n, _)| n == "127.0.0.1:16443")
+    });
+    let answer = held.request("GET /version HTTP/1.0\r\n\r\n");
+    assert!(
+        answer.starts_with("HTTP/1.0 200"),
+        "the held connection after the reload: {answer:?}"
+    );
+
+    // The API unreachable: the sync fails and haproxy keeps its servers.
+    let before = std::fs::read(&haproxy_cfg).unwrap();
+    drop(standin);
+    let out = sync_command(&ns, &node, &server).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no API server answered"),
+        "{out:?}"
+    );
+    assert_eq!(std::fs::read(&haproxy_cfg).unwrap(), before);
+    assert_eq!(states(&ns).len(), 2);
+    drop(processes);
+}
+
+/// The `server` lines of a haproxy.cfg, trimmed.
+fn server_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("server "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `openssl s_client` holding one TLS connection through the balancer.
+struct Held(Child);
+
+fn spawn_piped(mut cmd: Command) -> Held {
+    let held = Held(cmd.spawn().expect("openssl s_client"));
+    // The TLS handshake through haproxy to a backend, before anything else happens.
+    std::thread::sleep(Duration::from_secs(1));
+    held
+}
+
+impl Held {
+    /// Sends `request` on the held connection and reads the answer until the server closes it.
+    fn request(&mut self, request: &str) -> String {
+        use std::io::{Read, Write};
+        let mut stdin = self.0.stdin.take().unwrap();
+        stdin.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        self.0
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut answer)
+            .unwrap();
+        drop(stdin);
+        answer
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A worker's node-local balancer (`nodeLocal: true`) as `join` renders it: haproxy on
+/// 127.0.0.1:<balancerPort> in front of the control-plane endpoint until its sync (no `--local`:
+/// a worker has no API server) lists the API servers — checked by Debian's haproxy and
+/// kubernetes-validate; and kubelet.conf pointed at it with `tls-server-name: kubernetes`, which
+/// kubectl (client-go, as the kubelet) accepts against the API server certificate kubeforge made,
+/// served on 127.0.0.1 where that certificate has no SAN.
+#[test]
+fn node_local_worker_balancer_and_kubelet_conf() {
+    require_tool("haproxy");
+    let node = Node::new();
+    let cfg = endpoint_config(&node, &format!("{ENDPOINT_DOC}nodeLocal: true\n"));
+    node.run_ok(&["init", "phase", "certs", "all", "--config", &cfg]);
+    node.run_ok(&["init", "phase", "kubeconfig", "kubelet", "--config", &cfg]);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let config =
+        kubeforge::config::load_str(&text, "t.yaml", &Default::default(), &node.kubernetes_dir())
+            .unwrap();
+    let layout = kubeforge::node::Layout::new(
+        &node.kubernetes_dir(),
+        &node.root().join("var/lib/kubelet"),
+        &node.pki(),
+        &node.root().join("var/lib/etcd"),
+    );
+    for f in kubeforge::endpoint::worker_files(&config, &layout).unwrap() {
+        std::fs::create_dir_all(f.path.parent().unwrap()).unwrap();
+        std::fs::write(&f.path, &f.contents).unwrap();
+    }
+    let haproxy_cfg = endpoint_dir(&node).join("haproxy.cfg");
+    tool_ok("haproxy", &["-c", "-f", haproxy_cfg.to_str().unwrap()]);
+    let rendered = std::fs::read_to_string(&haproxy_cfg).unwrap();
+    assert!(rendered.contains("    bind 127.0.0.1:8443\n"), "{rendered}");
+    assert_eq!(
+        server_lines(&haproxy_cfg),
+        ["server 10.213.1.100:8443 10.213.1.100:8443"]
+    );
+    let manifest = node
+        .kubernetes_dir()
+        .join("manifests/kubeforge-haproxy.yaml");
+    tool_ok(
+        "kubernetes-validate",
+        &["--strict", "-k", "1.35.0", manifest.to_str().unwrap()],
+    );
+    assert!(!node
+        .kubernetes_dir()
+        .join("manifests/kubeforge-keepalived.yaml")
+        .exists());
+    let pod: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    let sync: Vec<&str> = pod["spec"]["containers"][1]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(!sync.contains(&"--local"), "{sync:?}");
+    assert!(
+        sync.windows(2)
+            .any(|w| w == ["--server", "https://10.213.1.100:8443"]),
+        "{sync:?}"
+    );
+
+    let ep = config.endpoint.as_ref().unwrap();
+    let kubelet_conf = node.kubernetes_dir().join("kubelet.conf");
+    let pointed =
+        kubeforge::endpoint::node_local_kubeconfig(&std::fs::read(&kubelet_conf).unwrap(), ep)
+            .unwrap();
+    std::fs::write(&kubelet_conf, pointed).unwrap();
+    let apiserver_crt = node.pki().join("apiserver.crt");
+    let sans = tool_ok(
+        "openssl",
+        &[
+            "x509",
+            "-in",
+            apiserver_crt.to_str().unwrap(),
+            "-noout",
+            "-ext",
+            "subjectAltName",
+        ],
+    );
+    assert!(
+        sans.contains("DNS:kubernetes,") && !sans.contains("127.0.0.1"),
+        "{sans}"
+    );
+    let ns = Netns::new("10.213.4.1");
+    std::fs::write(endpoint_dir(&node).join("a.status"), "200").unwrap();
+    let mut c = ns.cmd("python3");
+    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/readyz_backend.py"))
+        .arg(node.pki().join("apiserver.crt"))
+        .arg(node.pki().join("apiserver.key"))
+        .args(["127.0.0.1", "8443"])
+        .arg(endpoint_dir(&node).join("a.status"))
+        .arg("through-127.0.0.1");
+    let _backend = spawn(c);
+    let kubectl = |args: &[&str]| {
+        ns.cmd(&common::kubectl())
+            .arg(format!("--kubeconfig={}", kubelet_conf.display()))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let view = kubectl(&[
+        "config",
+        "view",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server} {.clusters[0].cluster.tls-server-name}",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&view.stdout),
+        "https://127.0.0.1:8443 kubernetes"
+    );
+    let start = Instant::now();
+    loop {
+        let out = kubectl(&["get", "--raw", "/version"]);
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "through-127.0.0.1");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "kubectl through 127.0.0.1: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use super::{
     ApproverArgs, CertsCommand, CertsConfig, Cli, ClusterAccess, Command, ConfigCommand,
-    EncryptionCommand, Global, ImagesCommand, InitArgs, InitFlags, InitSubcommand, JoinArgs,
-    JoinSubcommand, KubeconfigCommand, PrintCommand, TokenCommand,
+    EncryptionCommand, EndpointCommand, Global, ImagesCommand, InitArgs, InitFlags, InitSubcommand,
+    JoinArgs, JoinSubcommand, KubeconfigCommand, PrintCommand, TokenCommand,
 };
 use crate::config::{self, CertificateKey, Token};
 use crate::node::Layout;
@@ -52,6 +52,7 @@ pub fn run(cli: Cli) -> Result<()> {
             workflow::reset::run(layout, out, force, dry_run)
         }
         Command::Approver(args) => approver(args),
+        Command::Endpoint(command) => endpoint(command),
         Command::Version => {
             version(out);
             Ok(())
@@ -301,4 +302,27 @@ fn approver(args: ApproverArgs) -> Result<()> {
         interval,
         args.heartbeat.as_deref(),
     ))
+}
+
+fn endpoint(command: EndpointCommand) -> Result<()> {
+    let EndpointCommand::Sync {
+        dir,
+        ca,
+        client_cert,
+        master_socket,
+        local,
+        servers,
+        interval_seconds,
+        once,
+    } = command;
+    crate::endpoint::sync::run(&crate::endpoint::sync::SyncOptions {
+        dir,
+        ca,
+        client_cert,
+        master_socket,
+        local,
+        servers,
+        interval: std::time::Duration::from_secs(interval_seconds.max(1)),
+        once,
+    })
 }

@@ -134,6 +134,9 @@ pub enum Command {
     /// Approve kubelet serving CSRs that match their Node (profile hardened; the static pod
     /// kubeforge-approver runs it).
     Approver(ApproverArgs),
+    /// The highly available endpoint's helpers, run inside its pods (docs/ha-endpoint.md).
+    #[command(subcommand, hide = true)]
+    Endpoint(EndpointCommand),
     /// Print the version of kubeforge.
     Version,
     /// Print a shell completion script.
@@ -546,6 +549,38 @@ pub struct ClusterAccess {
     /// The kubeconfig to reach the cluster with (default: <kubernetes-dir>/admin.conf).
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EndpointCommand {
+    /// Keep haproxy's servers equal to the cluster's live API servers (the haproxy pod's second
+    /// container): re-render haproxy.cfg and reload haproxy through its master socket.
+    Sync {
+        /// The balancers' configuration directory (haproxy.cfg, haproxy-sync.json).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The cluster CA.
+        #[arg(long, value_name = "FILE")]
+        ca: PathBuf,
+        /// The client certificate and key, one PEM file (the kubelet's).
+        #[arg(long, value_name = "FILE")]
+        client_cert: PathBuf,
+        /// haproxy's master CLI socket.
+        #[arg(long, value_name = "FILE")]
+        master_socket: PathBuf,
+        /// This node's API server (host:port): always a server.
+        #[arg(long, value_name = "HOST:PORT")]
+        local: Option<String>,
+        /// Another API server or endpoint to ask (repeatable).
+        #[arg(long = "server", value_name = "URL")]
+        servers: Vec<String>,
+        /// Seconds between two rounds.
+        #[arg(long, default_value_t = 5)]
+        interval_seconds: u64,
+        /// One round; its error is the exit status.
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -87,6 +87,10 @@ pub struct ControlPlaneEndpoint {
     pub monitor_port: u16,
     #[serde(default)]
     pub images: EndpointImages,
+    /// Workers run their own haproxy on 127.0.0.1:<balancerPort> in front of every API server,
+    /// and their kubelet talks to it instead of the virtual IP.
+    #[serde(default)]
+    pub node_local: bool,
 }
 
 impl ControlPlaneEndpoint {

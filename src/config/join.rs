@@ -497,11 +497,8 @@ impl JoinRequest {
         let init = serde_yaml::to_string(&Yaml::Mapping(self.init_document()))
             .expect("a mapping serializes");
         let mut text = format!("{init}---\n{}\n---\n{}", stored.cluster, stored.kubelet);
-        if let Some(endpoint) = stored
-            .endpoint
-            .as_ref()
-            .filter(|_| self.control_plane.is_some())
-        {
+        // Workers too: with `nodeLocal` they run a balancer of their own.
+        if let Some(endpoint) = stored.endpoint.as_ref() {
             text.push_str(&format!("\n---\n{endpoint}"));
         }
         let security = super::security::stored_or_kubeadm(stored.security.as_deref());

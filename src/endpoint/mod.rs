@@ -4,6 +4,8 @@
 //! files (configuration, keepalived's check, manifests) from the config and the list of
 //! control-plane members; writing them is the host writer's, like every other file.
 
+pub mod sync;
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -32,16 +34,23 @@ pub struct Member {
 }
 
 impl Member {
+    /// The API server at `address` (`host:port`), named after it: the name is what haproxy's
+    /// stats page shows, and every source of members (this node's config, the mirror pods, the
+    /// `default/kubernetes` EndpointSlice the sync reads) knows the address.
+    pub fn at(address: &str) -> Member {
+        Member {
+            name: address.replace(['[', ']'], ""),
+            address: address.to_string(),
+        }
+    }
+
     /// This node, from its config.
     pub fn local(cfg: &Config) -> Member {
-        Member {
-            name: cfg.init.node_registration.name.clone(),
-            address: format!(
-                "{}:{}",
-                url_host(&cfg.init.local_api_endpoint.advertise_address),
-                cfg.bind_port()
-            ),
-        }
+        Member::at(&format!(
+            "{}:{}",
+            url_host(&cfg.init.local_api_endpoint.advertise_address),
+            cfg.bind_port()
+        ))
     }
 }
 
@@ -50,36 +59,38 @@ pub fn config_dir(layout: &Layout) -> PathBuf {
     layout.kubernetes_dir.join("endpoint")
 }
 
+/// The file beside haproxy.cfg that holds the data it was rendered from, but its servers: what
+/// `kubeforge endpoint sync` renders the same template with when the API servers change.
+pub const SYNC_SETTINGS: &str = "haproxy-sync.json";
+
+/// Where haproxy's master CLI socket lives: an emptyDir shared by the pod's two containers
+/// (nothing on the host; tests running the command directly make the directory).
+pub fn run_dir(layout: &Layout) -> PathBuf {
+    layout.kubernetes_dir.join("endpoint-run")
+}
+
 /// A static pod manifest of the endpoint in staticPodPath.
 pub fn manifest_path(layout: &Layout, name: &str) -> PathBuf {
     layout.manifests_dir.join(format!("{name}.yaml"))
 }
 
 /// Every file of this node's balancers, configuration first (the manifests name its hash, so a
-/// changed configuration restarts the pod). `members` (sorted and deduplicated here) must
-/// include this node; `interface` is keepalived's (see `interface_for`).
+/// changed configuration restarts the pod; haproxy's servers are left out of the hash, the sync
+/// reloads haproxy for those). `members` are sorted and deduplicated here, this node added;
+/// `interface` is keepalived's (see `interface_for`).
 pub fn files(
     cfg: &Config,
     layout: &Layout,
     members: &[Member],
     interface: &str,
 ) -> Result<Vec<File>> {
-    let ep = cfg
-        .endpoint
-        .as_ref()
-        .ok_or_else(|| anyhow!("no ControlPlaneEndpoint document"))?;
-    let mut members = members.to_vec();
-    members.sort();
-    members.dedup();
+    let ep = document(cfg)?;
     let dir = config_dir(layout);
-    let haproxy_cfg = dir.join("haproxy.cfg");
     let keepalived_conf = dir.join("keepalived.conf");
     let check = dir.join("check-balancer.sh");
-    let data = template_data(cfg, layout, ep, &members, interface, &check);
-    let haproxy_text = render(
-        include_str!("../../templates/endpoint/haproxy.cfg.hbs"),
-        &data,
-    )?;
+    let data = template_data(cfg, layout, ep, interface, &check);
+    let local = Member::local(cfg);
+    let mut files = haproxy_files(cfg, layout, &data, members, Some(&local))?;
     let keepalived_text = render(
         include_str!("../../templates/endpoint/keepalived.conf.hbs"),
         &data,
@@ -87,12 +98,6 @@ pub fn files(
     let check_text = render(
         include_str!("../../templates/endpoint/check-balancer.sh.hbs"),
         &data,
-    )?;
-    let haproxy_pod = manifest(
-        cfg,
-        HAPROXY,
-        include_str!("../../templates/endpoint/kubeforge-haproxy.yaml.hbs"),
-        pod_data(&data, &ep.images.haproxy, &haproxy_cfg, &[&haproxy_text]),
     )?;
     let keepalived_pod = manifest(
         cfg,
@@ -105,24 +110,135 @@ pub fn files(
             &[&keepalived_text, &check_text],
         ),
     )?;
-    Ok(vec![
-        File::new(haproxy_cfg, haproxy_text, 0o644),
+    let pod = files.pop().expect("haproxy's manifest");
+    files.extend([
         File::new(keepalived_conf, keepalived_text, 0o644),
         File::new(check, check_text, 0o755),
-        File::new(manifest_path(layout, HAPROXY), haproxy_pod, MANIFEST_MODE),
+        pod,
         File::new(
             manifest_path(layout, KEEPALIVED),
             keepalived_pod,
             MANIFEST_MODE,
         ),
+    ]);
+    Ok(files)
+}
+
+/// A worker's node-local balancer (`nodeLocal`): haproxy on loopback at the balancer's port,
+/// at first in front of the control-plane endpoint itself (nothing to ask the API at join
+/// time); its sync puts every live API server in its place within a round.
+pub fn worker_files(cfg: &Config, layout: &Layout) -> Result<Vec<File>> {
+    let ep = document(cfg)?;
+    let check = config_dir(layout).join("check-balancer.sh");
+    let mut data = template_data(cfg, layout, ep, "", &check);
+    let port = ep.balancer_port;
+    data["balancerBind"] = json!(if ep.vip().is_ipv4() {
+        format!("127.0.0.1:{port}")
+    } else {
+        format!("::1:{port}")
+    });
+    let first = Member::at(&cfg.cluster.control_plane_endpoint);
+    haproxy_files(cfg, layout, &data, &[first], None)
+}
+
+/// The node-local balancer's URL (`nodeLocal`).
+pub fn node_local_url(ep: &ControlPlaneEndpoint) -> String {
+    let host = if ep.vip().is_ipv4() {
+        "127.0.0.1"
+    } else {
+        "[::1]"
+    };
+    format!("https://{host}:{}", ep.balancer_port)
+}
+
+/// A kubeconfig (the worker's kubelet.conf) pointed at the node-local balancer, the API
+/// server's certificate checked for `kubernetes`, a name every API server certificate holds
+/// (kubeadm's SANs): no SAN for 127.0.0.1 is needed.
+pub fn node_local_kubeconfig(text: &[u8], ep: &ControlPlaneEndpoint) -> Result<String> {
+    let mut conf = crate::kubeconfig::Kubeconfig::parse(text)?;
+    conf.set_server(&node_local_url(ep), "kubernetes");
+    Ok(conf.to_yaml())
+}
+
+fn document(cfg: &Config) -> Result<&ControlPlaneEndpoint> {
+    cfg.endpoint
+        .as_ref()
+        .ok_or_else(|| anyhow!("no ControlPlaneEndpoint document"))
+}
+
+/// haproxy.cfg, the sync's settings and haproxy's static pod (last). `local` (this node's own
+/// API server) is always a server, and the sync keeps it.
+fn haproxy_files(
+    cfg: &Config,
+    layout: &Layout,
+    common: &Value,
+    members: &[Member],
+    local: Option<&Member>,
+) -> Result<Vec<File>> {
+    let ep = document(cfg)?;
+    let dir = config_dir(layout);
+    let haproxy_cfg = dir.join("haproxy.cfg");
+    let mut members: Vec<Member> = members.iter().chain(local).cloned().collect();
+    members.sort();
+    members.dedup();
+    let text = render_haproxy(common, &members)?;
+    let settings = serde_json::to_string_pretty(common)? + "\n";
+    // The hash leaves the servers out: the sync reloads haproxy for those, without a restart.
+    let hashed = render_haproxy(common, &[])?;
+    let mut data = common.clone();
+    data["sync"] = sync_data(cfg, layout, local)?;
+    let pod = manifest(
+        cfg,
+        HAPROXY,
+        include_str!("../../templates/endpoint/kubeforge-haproxy.yaml.hbs"),
+        pod_data(
+            &data,
+            &ep.images.haproxy,
+            &haproxy_cfg,
+            &[&hashed, &settings],
+        ),
+    )?;
+    Ok(vec![
+        File::new(haproxy_cfg, text, 0o644),
+        File::new(dir.join(SYNC_SETTINGS), settings, 0o644),
+        File::new(manifest_path(layout, HAPROXY), pod, MANIFEST_MODE),
     ])
+}
+
+/// haproxy.cfg from its settings (`SYNC_SETTINGS`) and the servers.
+pub fn render_haproxy(settings: &Value, members: &[Member]) -> Result<String> {
+    let mut data = settings.clone();
+    data["members"] = members
+        .iter()
+        .map(|m| json!({"name": m.name, "address": m.address}))
+        .collect();
+    render(
+        include_str!("../../templates/endpoint/haproxy.cfg.hbs"),
+        &data,
+    )
+}
+
+/// The sync container's command and mounts: this very binary (mounted read-only from the
+/// host), the kubelet's rotating client certificate, the master socket's directory.
+fn sync_data(cfg: &Config, layout: &Layout, local: Option<&Member>) -> Result<Value> {
+    let exe = std::env::current_exe().context("finding kubeforge's own binary")?;
+    let run = run_dir(layout);
+    let pki = layout.kubelet_dir.join("pki");
+    Ok(json!({
+        "kubeforge": exe,
+        "runDir": run,
+        "masterSocket": run.join("master.sock"),
+        "kubeletPki": pki,
+        "clientCert": pki.join("kubelet-client-current.pem"),
+        "local": local.map(|m| m.address.clone()),
+        "server": cfg.control_plane_endpoint_url(),
+    }))
 }
 
 fn template_data(
     cfg: &Config,
     layout: &Layout,
     ep: &ControlPlaneEndpoint,
-    members: &[Member],
     interface: &str,
     check: &std::path::Path,
 ) -> Value {
@@ -147,7 +263,6 @@ fn template_data(
         "caFile": layout.pki_dir.join("ca.crt"),
         "configDir": config_dir(layout),
         "checkScript": check,
-        "members": members.iter().map(|m| json!({"name": m.name, "address": m.address})).collect::<Vec<_>>(),
     })
 }
 
@@ -178,10 +293,7 @@ fn manifest(cfg: &Config, name: &str, template: &str, data: Value) -> Result<Str
 
 /// keepalived's interface: the configured one, else the one holding `address` on this host.
 pub fn interface_for(cfg: &Config) -> Result<String> {
-    let ep = cfg
-        .endpoint
-        .as_ref()
-        .ok_or_else(|| anyhow!("no ControlPlaneEndpoint document"))?;
+    let ep = document(cfg)?;
     if !ep.interface.is_empty() {
         return Ok(ep.interface.clone());
     }
@@ -227,11 +339,7 @@ pub async fn members_from_pods(
                 .annotations
                 .as_ref()?
                 .get("kubeadm.kubernetes.io/kube-apiserver.advertise-address.endpoint")?;
-            let name = p.spec.as_ref()?.node_name.clone()?;
-            Some(Member {
-                name,
-                address: address.clone(),
-            })
+            Some(Member::at(address))
         })
         .collect();
     Ok(members)

@@ -54,6 +54,32 @@ pub async fn with_token(server: &str, ca_pem: &str, token: &Token) -> Result<Cli
     build(config, Retries::Yes)
 }
 
+/// A client that trusts `ca_pem` and authenticates with the certificate and key in one PEM file
+/// (the kubelet's rotating `kubelet-client-current.pem`), without retries: its caller polls.
+pub fn with_client_pem(server: &str, ca_pem: &[u8], client_pem: &[u8]) -> Result<Client> {
+    use base64::Engine as _;
+    let mut config = kube::Config::new(server.parse().context("the server URL")?);
+    config.root_cert = Some(
+        pem::parse_many(ca_pem)?
+            .into_iter()
+            .map(pem::Pem::into_contents)
+            .collect(),
+    );
+    let blocks = pem::parse_many(client_pem).context("the client certificate file")?;
+    let pick = |key: bool| {
+        let chosen: Vec<pem::Pem> = blocks
+            .iter()
+            .filter(|b| b.tag().ends_with("PRIVATE KEY") == key)
+            .cloned()
+            .collect();
+        base64::engine::general_purpose::STANDARD.encode(pem::encode_many(&chosen))
+    };
+    config.auth_info.client_certificate_data = Some(pick(false));
+    config.auth_info.client_key_data = Some(pick(true).into());
+    config.connect_timeout = Some(Duration::from_secs(2));
+    build(config, Retries::No)
+}
+
 /// Whether a client's calls are retried (`super::retry`): yes, unless the caller itself asks
 /// again and again (a wait), where a call must answer at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use k8s_openapi::api::core::v1::Node;
 
-pub use client::{client, local_client, polling_client, set_call_timeout, with_token};
+pub use client::{
+    client, local_client, polling_client, set_call_timeout, with_client_pem, with_token,
+};
 
 /// The Node `name` once the kubelet has registered it, asking every 250 ms until `limit`.
 pub async fn wait_for_node(client: &kube::Client, name: &str, limit: Duration) -> Result<Node> {

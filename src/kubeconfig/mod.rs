@@ -44,6 +44,14 @@ pub struct Cluster {
     #[serde(rename = "certificate-authority-data")]
     pub certificate_authority_data: String,
     pub server: String,
+    /// The name the server's certificate is checked for, when `server` is not in it (a
+    /// node-local balancer on 127.0.0.1).
+    #[serde(
+        rename = "tls-server-name",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tls_server_name: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -118,6 +126,7 @@ impl Kubeconfig {
                 cluster: Cluster {
                     certificate_authority_data: B64.encode(ca_pem),
                     server: server.into(),
+                    tls_server_name: None,
                 },
                 name: cluster_name.into(),
             }],
@@ -154,6 +163,14 @@ impl Kubeconfig {
 
     pub fn to_yaml(&self) -> String {
         serde_yaml::to_string(self).expect("a kubeconfig always serializes")
+    }
+
+    /// Points every cluster at `server`, its certificate checked for `tls_server_name`.
+    pub fn set_server(&mut self, server: &str, tls_server_name: &str) {
+        for named in &mut self.clusters {
+            named.cluster.server = server.into();
+            named.cluster.tls_server_name = Some(tls_server_name.into());
+        }
     }
 
     pub fn server(&self) -> Option<&str> {

@@ -6,7 +6,7 @@ pub mod acl;
 mod lock;
 mod writer;
 
-pub use writer::{journal_entries, Access, HostWriter, Outcome};
+pub use writer::{journal_entries, replace_file, Access, HostWriter, Outcome};
 
 use std::path::{Path, PathBuf};
 

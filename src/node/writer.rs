@@ -737,6 +737,20 @@ fn crash_if(point: &str, n: u32, path: &Path) {
 
 /// Temp file in the same directory, fsync, rename over the target, fsync the directory: a crash
 /// leaves either the old file or the new one, never half of one.
+/// Replaces a file a kubeforge run created (and journaled) with new contents, atomically and
+/// without the node lock: for `kubeforge endpoint sync`, which runs for as long as its pod does
+/// beside kubeforge's own runs and rewrites only haproxy.cfg. No backup: the file is
+/// re-rendered from the cluster's state, never edited by hand.
+pub fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    if !path.exists() {
+        bail!(
+            "{} does not exist: only a file a kubeforge run wrote is replaced",
+            path.display()
+        );
+    }
+    write_atomic(path, contents, mode, None)
+}
+
 fn write_atomic(path: &Path, contents: &[u8], mode: u32, ids: Option<&Ids>) -> Result<()> {
     let dir = path
         .parent()

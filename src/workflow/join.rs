@@ -54,6 +54,9 @@ pub fn phases() -> Vec<Phase<JoinData>> {
                     .run(endpoint),
             ]),
         Phase::new("kubelet-start", "Write kubelet settings, certificates and (re)start the kubelet").run(kubelet_start),
+        Phase::new("node-local-endpoint", "Run a balancer in front of every API server on this worker and point its kubelet at it")
+            .run_if_noted(node_local, "Skipping: not a worker of a cluster whose ControlPlaneEndpoint asks for nodeLocal")
+            .run(node_local_endpoint),
         Phase::new("etcd-join", "Add this node's etcd to the cluster as a learner, then promote it")
             .run_if_noted(
                 |d| control_plane(d) && !d.env.cfg.cluster.is_external_etcd(),
@@ -197,6 +200,56 @@ fn endpoint(d: &mut JoinData, step: &Step) -> Result<()> {
     })?;
     members.push(crate::endpoint::Member::local(&env.cfg));
     init::write_endpoint_files(env, step.name, &members)
+}
+
+fn node_local(d: &JoinData) -> bool {
+    !control_plane(d) && d.env.cfg.endpoint.as_ref().is_some_and(|e| e.node_local)
+}
+
+/// The worker's haproxy (and its sync) as a static pod on 127.0.0.1, then kubelet.conf — the
+/// TLS bootstrap's — pointed at it and the kubelet restarted.
+fn node_local_endpoint(d: &mut JoinData, step: &Step) -> Result<()> {
+    let env = &mut d.env;
+    let files = crate::endpoint::worker_files(&env.cfg, &env.layout)?;
+    env.writer
+        .ensure_dir(&crate::endpoint::config_dir(&env.layout), 0o755)?;
+    env.writer
+        .ensure_dir(&env.layout.manifests_dir.clone(), 0o700)?;
+    let ep = env
+        .cfg
+        .endpoint
+        .clone()
+        .expect("run only with the document");
+    let url = crate::endpoint::node_local_url(&ep);
+    env.out.step(
+        step.name,
+        &format!("Writing the node-local balancer: haproxy on {url} in front of the API servers"),
+        json!({ "url": url }),
+    );
+    env.write_all(step.name, &files)?;
+    let path = env.layout.kubeconfig("kubelet.conf");
+    let Some(bytes) = env.writer.read(&path)? else {
+        env.out.step(
+            step.name,
+            "kubelet.conf is not there: a re-run of this phase points it at the balancer",
+            json!({ "kubeletConf": false }),
+        );
+        return Ok(());
+    };
+    let conf = crate::endpoint::node_local_kubeconfig(&bytes, &ep)?;
+    env.out.step(
+        step.name,
+        &format!(
+            "Pointing {:?} at {url} (tls-server-name kubernetes)",
+            path.display().to_string()
+        ),
+        json!({ "path": path, "server": url }),
+    );
+    let outcome = env.write(step.name, &File::new(path, conf, 0o600))?;
+    if !matches!(outcome, crate::node::Outcome::Unchanged) {
+        env.effects().restart_kubelet(env, step.name);
+    }
+    Ok(())
 }
 
 fn kubelet_start(d: &mut JoinData, _: &Step) -> Result<()> {

@@ -294,6 +294,17 @@ impl Supervisor {
         }
     }
 
+    /// The kubelet stopped (SIGTERM) and started again by this supervisor, as `systemctl restart
+    /// kubelet` would: it reads its kubeconfig again.
+    pub fn restart(&self) {
+        if let Some(c) = self.child.lock().unwrap().as_ref() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(c) = self.child.lock().unwrap().as_mut() {

@@ -262,6 +262,11 @@ impl ExtraNode {
         std::fs::read_link(format!("/proc/{}/ns/net", self.holder.id())).ok()
     }
 
+    /// Its kubelet restarted by its supervisor (what kubeforge asks systemd for elsewhere).
+    pub fn restart_kubelet(&self) {
+        self.kubelet.restart();
+    }
+
     /// The machine stopped hard: every process in its network namespace (the kubelet, containerd,
     /// the shims and every host-network container: the whole control plane) killed with SIGKILL,
     /// then its link down. Only the namespace holder stays, for `restart`.
