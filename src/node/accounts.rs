@@ -18,19 +18,52 @@ pub struct Account {
     pub gid: u32,
 }
 
-/// The account `name` as the system knows it.
-pub fn lookup(name: &str) -> Result<Option<Account>> {
-    let user = nix::unistd::User::from_name(name)
-        .with_context(|| format!("looking up the user {name}"))?;
-    let Some(user) = user else {
+/// The fields of `name`'s line in a colon-separated database (`/etc/passwd`, `/etc/group`).
+/// Read from the files, not through NSS as getpwnam does: kubeforge is linked statically (the
+/// approver pod runs it), and a static glibc that loads an NSS module (libnss_systemd for a name
+/// the files lack) crashes. kubeadm reads the same two files; system accounts live there.
+fn entry(file: &str, name: &str) -> Result<Option<Vec<String>>> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+    Ok(text
+        .lines()
+        .map(|l| l.split(':').map(str::to_string).collect::<Vec<_>>())
+        .find(|fields| fields.first().map(String::as_str) == Some(name)))
+}
+
+fn id_field(fields: &[String], index: usize, file: &str) -> Result<u32> {
+    fields
+        .get(index)
+        .and_then(|f| f.parse().ok())
+        .with_context(|| format!("{file}: {} has no numeric ID", fields[0]))
+}
+
+/// The group `name`'s ID.
+fn group_id(name: &str) -> Result<Option<u32>> {
+    entry("/etc/group", name)?
+        .map(|g| id_field(&g, 2, "/etc/group"))
+        .transpose()
+}
+
+/// The user `name`'s (uid, primary gid).
+fn user_ids(name: &str) -> Result<Option<(u32, u32)>> {
+    let Some(user) = entry("/etc/passwd", name)? else {
         return Ok(None);
     };
-    let group = nix::unistd::Group::from_name(name)
-        .with_context(|| format!("looking up the group {name}"))?;
+    Ok(Some((
+        id_field(&user, 2, "/etc/passwd")?,
+        id_field(&user, 3, "/etc/passwd")?,
+    )))
+}
+
+/// The account `name` as the system knows it.
+pub fn lookup(name: &str) -> Result<Option<Account>> {
+    let Some((uid, primary_gid)) = user_ids(name)? else {
+        return Ok(None);
+    };
     Ok(Some(Account {
         name: name.to_string(),
-        uid: user.uid.as_raw(),
-        gid: group.map_or(user.gid.as_raw(), |g| g.gid.as_raw()),
+        uid,
+        gid: group_id(name)?.unwrap_or(primary_gid),
     }))
 }
 
@@ -50,7 +83,7 @@ pub fn existing_or_planned(name: &str) -> Result<Account> {
     }
     let uids = used_ids("/etc/passwd")?;
     let gids = used_ids("/etc/group")?;
-    let group = nix::unistd::Group::from_name(name)?.map(|g| g.gid.as_raw());
+    let group = group_id(name)?;
     let free_uid = |id: &u32| !uids.contains(id);
     let pick = match group {
         Some(gid) if free_uid(&gid) => Some((gid, gid)),
@@ -89,7 +122,7 @@ fn run(tool: &str, args: &[&str]) -> Result<()> {
 pub fn create(planned: &Account) -> Result<Account> {
     let name = planned.name.as_str();
     let (uid, gid) = (planned.uid.to_string(), planned.gid.to_string());
-    if nix::unistd::Group::from_name(name)?.is_none() {
+    if group_id(name)?.is_none() {
         run("groupadd", &["--system", "--gid", &gid, name])?;
     }
     run(
@@ -118,7 +151,7 @@ pub fn create(planned: &Account) -> Result<Account> {
 /// (exit 8): retried for 10 s.
 pub fn remove(name: &str) -> Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while nix::unistd::User::from_name(name)?.is_some() {
+    while user_ids(name)?.is_some() {
         let out = Command::new("userdel")
             .arg(name)
             .output()
@@ -134,7 +167,7 @@ pub fn remove(name: &str) -> Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
-    if nix::unistd::Group::from_name(name)?.is_some() {
+    if group_id(name)?.is_some() {
         run("groupdel", &[name])?;
     }
     Ok(())
