@@ -210,3 +210,24 @@ fn the_kube_bench_evaluator_follows_kube_benchs_rules() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn logs_an_earlier_cluster_left_are_handed_to_the_api_servers_account() {
+    let node = Node::new();
+    let log_dir = node.root().join("var/log/kubernetes/audit");
+    std::fs::create_dir_all(&log_dir).unwrap();
+    let old = log_dir.join("audit.log");
+    std::fs::write(&old, "{}\n").unwrap();
+    // As an account a reset removed, whose ID nobody holds now.
+    std::os::unix::fs::chown(&old, Some(54321), Some(54321)).unwrap();
+    let cfg = node.write_config("ECDSA-P256", "");
+    init_host_phases(&node, &cfg);
+    for path in [&log_dir, &old] {
+        assert_eq!(
+            tool_ok("stat", &["-c", "%U", path.to_str().unwrap()]).trim(),
+            "kube-apiserver",
+            "{}",
+            path.display()
+        );
+    }
+}

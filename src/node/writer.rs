@@ -364,6 +364,13 @@ impl HostWriter {
         Ok(Some(Ids { uid, gid, readers }))
     }
 
+    /// Whether `path` is granted to an owner other than root.
+    pub fn has_owner_granted(&self, path: &Path) -> bool {
+        self.grants
+            .get(path)
+            .is_some_and(|access| access.owner.is_some())
+    }
+
     /// Gives everything under the granted directory `path` its owner (what a tool run as root
     /// made there: a restored etcd snapshot), then the directory its whole access.
     pub fn own_tree(&mut self, path: &Path, mode: u32) -> Result<()> {

@@ -363,7 +363,13 @@ pub(super) fn write_audit_files(env: &mut Env, phase: &str) -> Result<()> {
 /// The one place the audit log's directory is made (its owner and mode are set here).
 fn ensure_audit_log_dir(env: &mut Env) -> Result<()> {
     let dir = env.layout.audit_log_dir.clone();
-    env.writer.ensure_dir(&dir, hardened::AUDIT_LOG_DIR_MODE)
+    env.writer.ensure_dir(&dir, hardened::AUDIT_LOG_DIR_MODE)?;
+    if env.writer.has_owner_granted(&dir) {
+        // Logs an earlier cluster left (reset keeps them) may belong to an account since
+        // removed and made again with another ID: the API server could not open them.
+        env.writer.own_tree(&dir, hardened::AUDIT_LOG_DIR_MODE)?;
+    }
+    Ok(())
 }
 
 pub(super) fn write_manifest_file(
