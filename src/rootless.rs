@@ -71,10 +71,7 @@ pub fn grants(cfg: &Config, layout: &Layout) -> Vec<(PathBuf, Access)> {
     ] {
         out.push((pki.join(key), apiserver_reads()));
     }
-    out.push((
-        crate::manifests::hardened::audit_policy_file(layout),
-        apiserver_reads(),
-    ));
+    out.push((layout.audit_policy_file(), apiserver_reads()));
     out.push((layout.audit_log_dir.clone(), apiserver_owns()));
     // `encryption rotate` and `certs renew` read no Security document: the file itself tells.
     let encryption_config = crate::encryption::path(pki);

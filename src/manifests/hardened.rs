@@ -34,7 +34,7 @@ pub const TLS_CIPHER_SUITES: &[&str] = &[
 pub const TERMINATED_POD_GC_THRESHOLD: u32 = 12500;
 
 pub fn audit_policy_file(layout: &Layout) -> PathBuf {
-    layout.audit_policy_dir.join("policy.yaml")
+    layout.audit_policy_file()
 }
 
 pub fn audit_log_file(layout: &Layout) -> PathBuf {

@@ -33,6 +33,11 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// The API server's audit policy (hardened profile).
+    pub fn audit_policy_file(&self) -> PathBuf {
+        self.audit_policy_dir.join("policy.yaml")
+    }
+
     pub fn new(
         kubernetes_dir: &Path,
         kubelet_dir: &Path,

@@ -23,7 +23,13 @@ fn serving_certificate(kubelet_dir: &Path) -> String {
     let path = kubelet_dir.join("pki/kubelet-server-current.pem");
     let start = Instant::now();
     loop {
-        if let Ok(text) = std::fs::read_to_string(&path) {
+        // The kubelet links it to an absolute path of its own mount namespace (node 2's
+        // /var/lib/kubelet is a directory elsewhere on the host): follow the link by name.
+        let target = std::fs::read_link(&path)
+            .ok()
+            .and_then(|t| t.file_name().map(|n| kubelet_dir.join("pki").join(n)))
+            .unwrap_or_else(|| path.clone());
+        if let Ok(text) = std::fs::read_to_string(&target) {
             let end = "-----END CERTIFICATE-----";
             if let (Some(a), Some(b)) = (text.find("-----BEGIN CERTIFICATE-----"), text.find(end)) {
                 return text[a..b + end.len()].to_string() + "\n";
