@@ -91,15 +91,32 @@ pub fn assert_kubelet_serving(s: &Scenario, node: &str, kubelet_dir: &Path) {
     );
     let (pod, program) = running_pod_on(s, node);
     harness::run(kubectl(s).args(["logs", "-n", "kube-system", &pod, "--tail=1"]));
-    let version = harness::run(kubectl(s).args([
-        "exec",
-        "-n",
-        "kube-system",
-        &pod,
-        "--",
-        &program,
-        "--version",
-    ]));
+    // A worker that rejoined may still be starting the DaemonSet pod's container the API lists
+    // as Running ("container not found"): a minute for it.
+    let start = Instant::now();
+    let version = loop {
+        let out = kubectl(s)
+            .args([
+                "exec",
+                "-n",
+                "kube-system",
+                &pod,
+                "--",
+                &program,
+                "--version",
+            ])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).to_string();
+        }
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "kubectl exec {pod} on {node}: {err}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
     assert!(
         !version.trim().is_empty(),
         "kubectl exec {pod} printed nothing"
