@@ -22,26 +22,30 @@ pub async fn cluster_configuration(client: &kube::Client) -> Result<String> {
     read(client, "kubeadm-config", "ClusterConfiguration").await
 }
 
+/// kubeforge's own document `key` in `kube-system/<name>`, when the cluster has one. A cluster
+/// without it (built by kubeadm, or without the feature) has neither the map nor the Role letting
+/// a bootstrap token read it: 404 and 403 both mean none.
+async fn kubeforge_document(
+    client: &kube::Client,
+    name: &str,
+    key: &str,
+) -> Result<Option<String>> {
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
+    match maps.get(name).await {
+        Ok(map) => Ok(map.data.and_then(|mut d| d.remove(key))),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 403 => Ok(None),
+        Err(e) => Err(anyhow!("reading kube-system/{name}: {e}")),
+    }
+}
+
 /// The cluster's ControlPlaneEndpoint document (kubeforge's own), when it has one.
 pub async fn endpoint_document(client: &kube::Client) -> Result<Option<String>> {
-    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
-    match maps.get("kubeforge-endpoint").await {
-        Ok(map) => Ok(map.data.and_then(|mut d| d.remove("ControlPlaneEndpoint"))),
-        // Without the document there is no Role letting a bootstrap token read it either.
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 403 => Ok(None),
-        Err(e) => Err(anyhow!("reading kube-system/kubeforge-endpoint: {e}")),
-    }
+    kubeforge_document(client, "kubeforge-endpoint", "ControlPlaneEndpoint").await
 }
 
 /// The cluster's Security document (kubeforge's own), when it has one.
 pub async fn security_document(client: &kube::Client) -> Result<Option<String>> {
-    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
-    match maps.get("kubeforge-security").await {
-        Ok(map) => Ok(map.data.and_then(|mut d| d.remove("Security"))),
-        // A cluster kubeadm built has neither the map nor the Role letting a token read it.
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 403 => Ok(None),
-        Err(e) => Err(anyhow!("reading kube-system/kubeforge-security: {e}")),
-    }
+    kubeforge_document(client, "kubeforge-security", "Security").await
 }
 
 /// The cluster's KubeletConfiguration document.
