@@ -208,8 +208,8 @@ impl JoinKeys {
 
 /// The four nodes built: node 2 initialized, 3 and 4 joined as control planes through the
 /// endpoint, 5 as a worker. Returns them in that order.
-fn build_cluster(host: &Host) -> (Vec<ExtraNode>, JoinKeys) {
-    let nodes: Vec<ExtraNode> = (2..=5).map(|i| start_node(host, i)).collect();
+fn build_cluster(host: &Host, more_images: &[String]) -> (Vec<ExtraNode>, JoinKeys) {
+    let nodes: Vec<ExtraNode> = (2..=5).map(|i| start_node(host, i, more_images)).collect();
     let config = ha_config(host, 2);
     let init = kubeforge_on(
         &nodes[0],
@@ -249,9 +249,10 @@ fn build_cluster(host: &Host) -> (Vec<ExtraNode>, JoinKeys) {
     (nodes, keys)
 }
 
-/// Node `index` with the balancers' images.
-fn start_node(host: &Host, index: u8) -> ExtraNode {
-    let images: Vec<String> = IMAGES.iter().map(|i| i.to_string()).collect();
+/// Node `index` with the balancers' images and `more`.
+fn start_node(host: &Host, index: u8, more: &[String]) -> ExtraNode {
+    let mut images: Vec<String> = IMAGES.iter().map(|i| i.to_string()).collect();
+    images.extend_from_slice(more);
     ExtraNode::start_as(host, index, &images)
 }
 
@@ -441,7 +442,7 @@ fn ha_endpoint_survives_losing_node_one() {
     crate::common::require_tool("etcdctl");
     crate::common::require_tool("curl");
     let host = Host::discover();
-    let (mut nodes, _) = build_cluster(&host);
+    let (mut nodes, _) = build_cluster(&host, &[]);
     let admin = nodes[0].path(&format!("{KUBERNETES_DIR}/admin.conf"));
     until("the endpoint answers", Duration::from_secs(60), || {
         kubectl(&admin, &["get", "--raw", "/readyz"])
@@ -552,6 +553,36 @@ fn ha_endpoint_survives_losing_node_one() {
 }
 
 /// Node `index`'s API server as haproxy names it.
+/// A worker of this `nodeLocal` cluster whose containerd lacks the haproxy image: its join stops
+/// at preflight naming the image, before writing anything.
+fn assert_join_names_missing_haproxy(host: &Host, keys: &JoinKeys) {
+    let bare = ExtraNode::start_as(host, 7, &[]);
+    let (ok, text) = crate::finished(
+        bare.command(harness::binary())
+            .args(keys.worker(7))
+            .output()
+            .unwrap(),
+    );
+    println!("{text}");
+    assert!(
+        !ok && text.contains("ImagePull") && text.contains(IMAGES[0]),
+        "a worker without {} was not stopped by preflight:\n{text}",
+        IMAGES[0]
+    );
+    for file in [
+        "kubelet.conf",
+        "bootstrap-kubelet.conf",
+        "manifests/kubeforge-haproxy.yaml",
+    ] {
+        let path = bare.path(&format!("{KUBERNETES_DIR}/{file}"));
+        assert!(
+            !path.exists(),
+            "{} written by a join that failed preflight",
+            path.display()
+        );
+    }
+}
+
 fn server(index: u8) -> String {
     format!("{}:6443", node_address(index))
 }
@@ -580,7 +611,7 @@ fn ha_endpoint_serves_through_a_reset_and_a_join() {
     crate::common::require_tool("etcdctl");
     crate::common::require_tool("curl");
     let host = Host::discover();
-    let (nodes, keys) = build_cluster(&host);
+    let (nodes, keys) = build_cluster(&host, &[]);
     let admin = nodes[0].path(&format!("{KUBERNETES_DIR}/admin.conf"));
     until("the endpoint answers", Duration::from_secs(60), || {
         kubectl(&admin, &["get", "--raw", "/readyz"])
@@ -606,8 +637,9 @@ fn ha_endpoint_serves_through_a_reset_and_a_join() {
         &[2, 3],
     );
     harness::run(&mut kubectl(&admin, &["delete", "node", &node_name(4)]));
-    let node6 = start_node(&host, 6);
+    let node6 = start_node(&host, 6, &[]);
     kubeforge_on(&node6, &keys.control_plane(6));
+    assert_join_names_missing_haproxy(&host, &keys);
     let added = until_servers(&nodes[0], "node 2's haproxy takes node 6 in", &[2, 3, 6]);
     until_servers(&nodes[1], "node 3's haproxy takes node 6 in", &[2, 3, 6]);
     until_servers(&node6, "node 6's haproxy", &[2, 3, 6]);
@@ -623,5 +655,134 @@ fn ha_endpoint_serves_through_a_reset_and_a_join() {
         joined.as_secs_f64(),
         dropped.as_secs_f64(),
         added.as_secs_f64()
+    );
+}
+
+/// Every control-plane pod on `node` (a node name) Ready, the balancers among them, and its
+/// components at `t`'s version and etcd tag.
+fn node_runs(admin: &Path, node: &str, t: &crate::upgrade::Target) -> bool {
+    let pods = kubectl_json(
+        admin,
+        &[
+            "get",
+            "pods",
+            "-n",
+            "kube-system",
+            "-l",
+            "tier=control-plane",
+            "--field-selector",
+            &format!("spec.nodeName={node}"),
+        ],
+    );
+    let pods = pods["items"].as_array().cloned().unwrap_or_default();
+    let component = |p: &serde_json::Value| p["metadata"]["labels"]["component"].clone();
+    let ready = |p: &serde_json::Value| {
+        p["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+    };
+    let at_version = |p: &serde_json::Value| {
+        let tag = match component(p).as_str().unwrap_or_default() {
+            "etcd" => &t.etcd_tag,
+            "kube-apiserver" | "kube-controller-manager" | "kube-scheduler" => &t.version,
+            _ => return true,
+        };
+        p["spec"]["containers"][0]["image"]
+            .as_str()
+            .is_some_and(|i| i.ends_with(&format!(":{tag}")))
+    };
+    let balancers = ["kubeforge-haproxy", "kubeforge-keepalived"]
+        .iter()
+        .all(|b| pods.iter().any(|p| component(p) == *b));
+    pods.len() >= 6 && balancers && pods.iter().all(|p| ready(p) && at_version(p))
+}
+
+/// `upgrade apply` on node 2 (etcd moved too, as the operator asked), `upgrade node` on nodes 3
+/// and 4 and the worker, then `certs renew all` on node 2, while kubectl through the endpoint is sampled every 100 ms: each control-plane
+/// node comes back at the target with its balancer pods Ready, every haproxy lists the three
+/// API servers UP after each step, and the VIP stays served.
+#[test]
+fn ha_endpoint_carries_an_upgrade_and_a_certificate_renewal() {
+    if !crate::asked_for() {
+        return;
+    }
+    crate::common::require_tool("curl");
+    let host = Host::discover();
+    let t = crate::upgrade::target();
+    let version = t.version.clone();
+    let (nodes, _) = build_cluster(&host, &crate::upgrade::upgrade_images());
+    let admin = nodes[0].path(&format!("{KUBERNETES_DIR}/admin.conf"));
+    until("the endpoint answers", Duration::from_secs(60), || {
+        kubectl(&admin, &["get", "--raw", "/readyz"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    for node in &nodes[..3] {
+        until_servers(node, "every haproxy has the three API servers", &[2, 3, 4]);
+    }
+    crate::upgrade::ask_for_etcd_through(&admin, &t.etcd_tag);
+    let sampler = Sampler::start(&admin);
+    std::thread::sleep(Duration::from_secs(3));
+    let from = Instant::now();
+    let ignore = crate::upgrade::IGNORE.to_string();
+    let mut seconds = vec![];
+    for (i, node) in nodes.iter().enumerate() {
+        let args: Vec<String> = match i {
+            0 => ["upgrade", "apply", &version, "--yes", &ignore]
+                .map(String::from)
+                .to_vec(),
+            _ => ["upgrade", "node", &ignore].map(String::from).to_vec(),
+        };
+        let start = Instant::now();
+        kubeforge_on(node, &args);
+        seconds.push(start.elapsed().as_secs_f64());
+        if i < 3 {
+            let name = node_name(i as u8 + 2);
+            until(
+                &format!("{name} runs {version} with its balancers, all Ready"),
+                Duration::from_secs(120),
+                || node_runs(&admin, &name, &t),
+            );
+            for node in &nodes[..3] {
+                until_servers(
+                    node,
+                    "every haproxy has the three API servers UP",
+                    &[2, 3, 4],
+                );
+            }
+        }
+    }
+    let start = Instant::now();
+    let renew = kubeforge_on(&nodes[0], &["certs", "renew", "all"].map(String::from));
+    let renew_seconds = start.elapsed().as_secs_f64();
+    assert!(renew.contains("apiserver"), "{renew}");
+    until(
+        "node 2 Ready again after the renewal, with its balancers",
+        Duration::from_secs(120),
+        || node_runs(&admin, &node_name(2), &t),
+    );
+    for node in &nodes[..3] {
+        until_servers(
+            node,
+            "every haproxy has the three API servers UP",
+            &[2, 3, 4],
+        );
+    }
+    assert!(vip_holder(&nodes[..3]).is_some(), "no node holds the VIP");
+    let gap = sampler.longest_gap_after(from);
+    drop(sampler);
+    assert!(
+        gap < Duration::from_secs(30),
+        "kubectl went unanswered for {gap:?}"
+    );
+    println!(
+        "FIGURES: HA endpoint through an upgrade to {version} (etcd {}): apply on node 2 {:.1} s, upgrade node on nodes 3 and 4 {:.1} s and {:.1} s, on the worker {:.1} s, then certs renew all on node 2 {renew_seconds:.1} s; longest kubectl gap through the VIP {:.1} s (sampled every 100 ms)",
+        t.etcd_tag,
+        seconds[0],
+        seconds[1],
+        seconds[2],
+        seconds[3],
+        gap.as_secs_f64()
     );
 }

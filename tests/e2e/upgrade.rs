@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 use super::*;
 
 /// What the upgrade scenarios move to.
-struct Target {
-    version: String,
-    etcd_tag: String,
+pub(crate) struct Target {
+    pub(crate) version: String,
+    pub(crate) etcd_tag: String,
     kubeadm: PathBuf,
 }
 
-fn target() -> Target {
+pub(crate) fn target() -> Target {
     let get = |name: &str, what: &str| {
         std::env::var(name)
             .ok()
@@ -42,7 +42,7 @@ fn target() -> Target {
 }
 
 /// The node's flags for every upgrade here: the Node is NotReady without a pod network.
-const IGNORE: &str = "--ignore-preflight-errors=ControlPlaneNodesReady";
+pub(crate) const IGNORE: &str = "--ignore-preflight-errors=ControlPlaneNodesReady";
 /// Real kubeadm's, which also checks the host's kernel config (absent here).
 const IGNORE_KUBEADM: &str = "--ignore-preflight-errors=ControlPlaneNodesReady,SystemVerification";
 
@@ -225,19 +225,37 @@ fn stored_config(s: &Scenario) -> serde_yaml::Value {
     serde_yaml::from_str(cm["data"]["ClusterConfiguration"].as_str().unwrap()).unwrap()
 }
 
-/// What an operator does to move etcd: etcd.local.imageTag in kubeadm-config.
-fn ask_for_etcd(s: &Scenario, tag: &str) {
-    let mut cm = kubectl_json(
-        &s.host,
-        &["get", "configmap", "-n", "kube-system", "kubeadm-config"],
-    );
-    let mut cluster = stored_config(s);
+/// What an operator does to move etcd: etcd.local.imageTag in kubeadm-config, through
+/// `kubeconfig` (this node's admin.conf, or another node's).
+pub(crate) fn ask_for_etcd_through(kubeconfig: &Path, tag: &str) {
+    let kubectl = |args: &[&str]| {
+        let mut c = Command::new(crate::common::kubectl());
+        c.arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args(args);
+        c
+    };
+    let get = [
+        "get",
+        "configmap",
+        "-n",
+        "kube-system",
+        "kubeadm-config",
+        "-o",
+        "json",
+    ];
+    let mut cm: serde_json::Value =
+        serde_json::from_str(&harness::run(&mut kubectl(&get))).unwrap();
+    let mut cluster: serde_yaml::Value =
+        serde_yaml::from_str(cm["data"]["ClusterConfiguration"].as_str().unwrap()).unwrap();
     cluster["etcd"]["local"]["imageTag"] = tag.into();
     cm["data"]["ClusterConfiguration"] = serde_yaml::to_string(&cluster).unwrap().into();
-    let file = s.host.log_dir.join("kubeadm-config.json");
+    let file = std::env::temp_dir().join("kubeforge-e2e-kubeadm-config.json");
     std::fs::write(&file, cm.to_string()).unwrap();
-    let (ok, text) = kubectl(s, &["replace", "-f", file.to_str().unwrap()]);
-    assert!(ok, "{text}");
+    harness::run(&mut kubectl(&["replace", "-f", file.to_str().unwrap()]));
+}
+
+fn admin_conf() -> PathBuf {
+    PathBuf::from(format!("{KUBERNETES_DIR}/admin.conf"))
 }
 
 /// What an operator does to change every kubelet: edit kube-system/kubelet-config. The upgrade
@@ -448,7 +466,7 @@ fn upgrade_apply_moves_the_node_to_the_next_minor_and_a_rerun_changes_nothing() 
     assert_control_plane_ready(&s);
     write_marker(&s);
     let before_etcd = running_versions(&s)["etcd"].clone();
-    ask_for_etcd(&s, &t.etcd_tag);
+    ask_for_etcd_through(&admin_conf(), &t.etcd_tag);
     ask_for_max_pods(&s, 123);
     cordon(&s);
     assert_missing_images_refused(&s);
@@ -619,7 +637,7 @@ fn kubeadm_upgrades_a_cluster_kubeforge_built_for_the_figures() {
     assert_ok(&s, &init(&s, &[], &[]));
     assert_control_plane_ready(&s);
     write_marker(&s);
-    ask_for_etcd(&s, &t.etcd_tag);
+    ask_for_etcd_through(&admin_conf(), &t.etcd_tag);
     cordon(&s);
     let sampler = Sampler::start(&s);
     let run = harness::measured(
@@ -671,7 +689,7 @@ fn a_broken_scheduler_and_a_broken_etcd_are_rolled_back_to_a_healthy_node() {
     let old = running_versions(&s);
     let old_versions: Vec<(&str, &str)> =
         COMPONENTS.iter().map(|c| (*c, old[*c].as_str())).collect();
-    ask_for_etcd(&s, &t.etcd_tag);
+    ask_for_etcd_through(&admin_conf(), &t.etcd_tag);
     let config_before = kubectl_json(
         &s.host,
         &["get", "configmap", "-n", "kube-system", "kubeadm-config"],
@@ -810,7 +828,7 @@ fn kubeforge_upgrades_a_cluster_kubeadm_built() {
         assert!(init.success, "kubeadm init:\n{}", init.text());
         assert_control_plane_ready(&s);
         write_marker(&s);
-        ask_for_etcd(&s, &t.etcd_tag);
+        ask_for_etcd_through(&admin_conf(), &t.etcd_tag);
         cordon(&s);
         let sampler = Sampler::start(&s);
         let run = apply(&t.version, &[], &[]);
@@ -875,7 +893,7 @@ fn two_control_planes_and_a_worker_are_upgraded_node_by_node() {
     let (ok, text, _) = join_on(&worker, &worker_args);
     assert!(ok, "the worker's join failed:\n{text}");
     write_marker(&s);
-    ask_for_etcd(&s, &t.etcd_tag);
+    ask_for_etcd_through(&admin_conf(), &t.etcd_tag);
     let dns_before = coredns_image(&s);
 
     let first = apply(&t.version, &[], &[]);
@@ -924,7 +942,7 @@ fn two_control_planes_and_a_worker_are_upgraded_node_by_node() {
 }
 
 /// The target's images, for node 2's containerd.
-fn upgrade_images() -> Vec<String> {
+pub(crate) fn upgrade_images() -> Vec<String> {
     let t = target();
     let listed = harness::run(Command::new(harness::binary()).args([
         "config",
