@@ -14,6 +14,7 @@ use crate::cluster::objects;
 use crate::config::Config;
 use crate::kube::apply::Object;
 use crate::kubeconfig::Kubeconfig;
+use crate::kubelet::approver;
 use crate::node::{File, Outcome};
 use crate::workflow::Step;
 
@@ -285,8 +286,60 @@ fn skip_disabled(d: &UpgradeData, disabled: bool, addon: &str) -> bool {
 }
 
 /// kubeadm v1.35's cleanup: `--pod-infra-container-image` leaves the kubelet's flags file (the
-/// runtime's sandbox image is what counts since v1.35); the old file is kept in the backup.
+/// runtime's sandbox image is what counts since v1.35); the old file is kept in the backup. Then
+/// kubeforge-approver's manifest, where this node runs it.
 pub fn post_upgrade(d: &mut UpgradeData, _: &Step) -> Result<()> {
+    strip_pod_infra_flag(d)?;
+    approver_manifest(d)
+}
+
+/// kubeforge-approver's static pod (profile hardened) at the target's pause image, running this
+/// kubeforge: written only when its bytes differ (else the pod keeps running), then waited for
+/// until its new container runs (a failure names its state and log, as for the control plane).
+fn approver_manifest(d: &mut UpgradeData) -> Result<()> {
+    let file = match approver::upgraded(&d.env.cfg, &d.env.layout) {
+        Ok(Some(file)) => file,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            let text = format!("WARNING: {e:#}: the kubeforge-approver manifest is left as it is");
+            d.say("upgrade/staticpods", &text, json!({ "approver": "kept" }));
+            return Ok(());
+        }
+    };
+    let since = std::time::SystemTime::now();
+    if !matches!(
+        d.env.write("post-upgrade", &file)?,
+        Outcome::Created | Outcome::Replaced { .. }
+    ) {
+        return Ok(());
+    }
+    let text = format!("Upgraded the static Pod manifest for {:?}", approver::POD);
+    d.say("upgrade/staticpods", &text, json!({ "path": file.path }));
+    let none = crate::cri::Running {
+        id: String::new(),
+        attempt: 0,
+    };
+    let until = crate::health::Until {
+        mirror: false,
+        limit: d.limit(),
+        since: Some(since),
+    };
+    let env = &d.env;
+    let wait = crate::health::wait_pod_restarted(
+        &env.cfg,
+        &env.out,
+        approver::POD,
+        &file.path,
+        &none,
+        &d.client,
+        until,
+    );
+    let took = crate::block_on(wait)?.0;
+    crate::health::announce_ready(&env.out, approver::POD, took);
+    Ok(())
+}
+
+fn strip_pod_infra_flag(d: &mut UpgradeData) -> Result<()> {
     let path = d.env.layout.kubelet_dir.join("kubeadm-flags.env");
     let Some(bytes) = d.env.writer.read(&path)? else {
         return Ok(());
