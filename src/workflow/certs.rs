@@ -294,9 +294,9 @@ fn restart_approver(d: &mut RenewData, _: &Step) -> Result<()> {
 }
 
 /// A static pod of this node: its name (its container's) and its manifest.
-struct StaticPod {
-    name: &'static str,
-    manifest: PathBuf,
+pub(super) struct StaticPod {
+    pub name: &'static str,
+    pub manifest: PathBuf,
 }
 
 /// Restarts `component`'s container on this node (the kubelet starts it again; `why` says for
@@ -316,7 +316,8 @@ pub(super) fn restart_and_wait(
     restart_pod_and_wait(cfg, layout, kubeconfig_dir, out, &pod, why)
 }
 
-fn restart_pod_and_wait(
+/// `restart_and_wait` for any static pod of this node.
+pub(super) fn restart_pod_and_wait(
     cfg: &Config,
     layout: &Layout,
     kubeconfig_dir: &Path,

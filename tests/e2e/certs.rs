@@ -29,7 +29,7 @@ fn file_serial(path: &str) -> String {
 }
 
 /// The serial of the client certificate embedded in a kubeconfig.
-fn kubeconfig_serial(s: &Scenario, kubeconfig: &str) -> String {
+pub fn kubeconfig_serial(s: &Scenario, kubeconfig: &str) -> String {
     let script = format!(
         "{} --kubeconfig={kubeconfig} config view --raw -o jsonpath='{{.users[0].user.client-certificate-data}}' | base64 -d | openssl x509 -noout -serial",
         s.host.kubectl

@@ -519,6 +519,8 @@ fn upgrade_apply_moves_the_node_to_the_next_minor_and_a_rerun_changes_nothing() 
     );
     assert_eq!(node_files(), files, "the dry-run changed the node");
 
+    let approver_conf = format!("{KUBERNETES_DIR}/kubeforge-approver.conf");
+    let approver_serial = super::certs::kubeconfig_serial(&s, &approver_conf);
     let sampler = Sampler::start(&s);
     let run = apply(&t.version, &[], &[]);
     let ((ready_gap, ready_total), (read_gap, read_total)) = sampler.finish();
@@ -538,6 +540,11 @@ fn upgrade_apply_moves_the_node_to_the_next_minor_and_a_rerun_changes_nothing() 
         Some(t.version.as_str())
     );
     assert_approver_at(&s, &t.version);
+    // Renewed with the control plane's certificates, as kubeadm renews its kubeconfigs.
+    assert_ne!(
+        super::certs::kubeconfig_serial(&s, &approver_conf),
+        approver_serial
+    );
     let proxy = kubectl_json(
         &s.host,
         &["get", "daemonset", "-n", "kube-system", "kube-proxy"],
@@ -615,7 +622,7 @@ fn upgrade_apply_moves_the_node_to_the_next_minor_and_a_rerun_changes_nothing() 
 }
 
 /// Profile hardened: the approver's manifest names `version`'s pause image (the one
-/// `config images list` gives for it) and its pod runs it.
+/// `config images list` gives for it) and its pod runs it, Ready.
 fn assert_approver_at(s: &Scenario, version: &str) {
     let images = harness::run(std::process::Command::new(harness::binary()).args([
         "config",
@@ -637,20 +644,32 @@ fn assert_approver_at(s: &Scenario, version: &str) {
         manifest.contains(&format!("/pause{tag}\n")),
         "the approver's manifest is not at {pause}:\n{manifest}"
     );
-    let pod = kubectl_json(
-        &s.host,
-        &[
-            "get",
-            "pod",
-            "-n",
-            "kube-system",
-            &format!("kubeforge-approver-{NODE}"),
-        ],
-    );
-    let image = pod["spec"]["containers"][0]["image"]
-        .as_str()
-        .unwrap_or_default();
-    assert!(image.ends_with(&format!("/pause{tag}")), "{pod}");
+    // Its mirror pod follows within a minute (the upgrade nudges a stale one).
+    let start = Instant::now();
+    loop {
+        let pod = kubectl_json(
+            &s.host,
+            &[
+                "get",
+                "pod",
+                "-n",
+                "kube-system",
+                &format!("kubeforge-approver-{NODE}"),
+            ],
+        );
+        let image = pod["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap_or_default();
+        let ready = pod["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
+        if image.ends_with(&format!("/pause{tag}")) && ready {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{pod}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// The same node, the same state, real kubeadm's `upgrade apply`: the figures to compare with.

@@ -2,6 +2,8 @@
 //! node's kubeconfigs and kubelet config, the bootstrap-token RBAC, the addons (only once every
 //! control-plane node's API server runs the target, kubeadm's rule) and the release's cleanup.
 
+use std::time::SystemTime;
+
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -78,8 +80,8 @@ pub fn undo_upload(d: &mut UpgradeData, name: &str) -> Result<()> {
 /// kubeadm does at the end of its control-plane step; kubelet.conf pointed at this node's own API
 /// server.
 pub fn kubeconfig(d: &mut UpgradeData, _: &Step) -> Result<()> {
-    if d.opts.certificate_renewal && !d.swaps.is_empty() && !d.dry_run() {
-        renew_admin(d)?;
+    if renews_kubeconfigs(d) {
+        renew_kubeconfigs(d, &["admin.conf", "super-admin.conf"])?;
     }
     let path = d.env.layout.kubeconfig("kubelet.conf");
     if let Some(text) = d.env.writer.read(&path)? {
@@ -99,13 +101,20 @@ pub fn kubeconfig(d: &mut UpgradeData, _: &Step) -> Result<()> {
     Ok(())
 }
 
-fn renew_admin(d: &mut UpgradeData) -> Result<()> {
+/// kubeadm renews the kubeconfigs when the control plane changed (with `--certificate-renewal`).
+fn renews_kubeconfigs(d: &UpgradeData) -> bool {
+    d.opts.certificate_renewal && !d.swaps.is_empty() && !d.dry_run()
+}
+
+/// The kubeconfigs `names` that this node has, renewed; whether any changed.
+fn renew_kubeconfigs(d: &mut UpgradeData, names: &[&str]) -> Result<bool> {
     let algorithm = KeyAlgorithm::Config(d.env.cfg.cluster.encryption_algorithm);
-    for item in renew::items(&d.env.cfg) {
-        if !matches!(item.name.as_str(), "admin.conf" | "super-admin.conf") {
+    let dir = d.env.layout.kubernetes_dir.clone();
+    let mut changed = false;
+    for item in renew::items_on_node(&d.env.cfg, &dir) {
+        if !names.contains(&item.name.as_str()) {
             continue;
         }
-        let dir = d.env.layout.kubernetes_dir.clone();
         let env = &d.env;
         if let Renewal::Renewed { files, .. } = renew::renew(
             &item,
@@ -116,7 +125,7 @@ fn renew_admin(d: &mut UpgradeData) -> Result<()> {
             algorithm,
             env.now,
         )? {
-            d.env.write_all("kubeconfig", &files)?;
+            changed |= d.env.write_all("kubeconfig", &files)?;
             d.say(
                 "upgrade/kubeconfig",
                 &format!("Renewed the certificate in {}", item.name),
@@ -124,7 +133,7 @@ fn renew_admin(d: &mut UpgradeData) -> Result<()> {
             );
         }
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// The kubelet's config.yaml (and instance-config.yaml) from the cluster's kubelet-config at the
@@ -294,8 +303,10 @@ pub fn post_upgrade(d: &mut UpgradeData, _: &Step) -> Result<()> {
 }
 
 /// kubeforge-approver's static pod (profile hardened) at the target's pause image, running this
-/// kubeforge: written only when its bytes differ (else the pod keeps running), then waited for
-/// until its new container runs (a failure names its state and log, as for the control plane).
+/// kubeforge, and its kubeconfig renewed as kubeadm's are: the manifest written only when its
+/// bytes differ, then waited for until its new container runs (a failure names its state and
+/// log, as for the control plane); with the same manifest and a renewed kubeconfig the pod is
+/// restarted as `certs renew` does; with neither it keeps running.
 fn approver_manifest(d: &mut UpgradeData) -> Result<()> {
     let file = match approver::upgraded(&d.env.cfg, &d.env.layout) {
         Ok(Some(file)) => file,
@@ -306,15 +317,30 @@ fn approver_manifest(d: &mut UpgradeData) -> Result<()> {
             return Ok(());
         }
     };
-    let since = std::time::SystemTime::now();
-    if !matches!(
-        d.env.write("post-upgrade", &file)?,
-        Outcome::Created | Outcome::Replaced { .. }
-    ) {
+    let renewed = renews_kubeconfigs(d) && renew_kubeconfigs(d, &[approver::KUBECONFIG])?;
+    let since = SystemTime::now();
+    let outcome = d.env.write("post-upgrade", &file)?;
+    if matches!(outcome, Outcome::Created | Outcome::Replaced { .. }) {
+        let text = format!("Upgraded the static Pod manifest for {:?}", approver::POD);
+        d.say("upgrade/staticpods", &text, json!({ "path": file.path }));
+        return wait_approver(d, &file.path, since);
+    }
+    if !renewed {
         return Ok(());
     }
-    let text = format!("Upgraded the static Pod manifest for {:?}", approver::POD);
-    d.say("upgrade/staticpods", &text, json!({ "path": file.path }));
+    let pod = crate::workflow::certs::StaticPod {
+        name: approver::POD,
+        manifest: file.path,
+    };
+    let env = &d.env;
+    let dir = &env.layout.kubernetes_dir;
+    let why = "its kubeconfig was renewed";
+    crate::workflow::certs::restart_pod_and_wait(&env.cfg, &env.layout, dir, &env.out, &pod, why)
+}
+
+/// Waits until the approver runs in a sandbox made since its manifest was written, then (briefly,
+/// as the mirror-pods step does for the control plane) until its mirror pod shows it.
+fn wait_approver(d: &UpgradeData, manifest: &std::path::Path, since: SystemTime) -> Result<()> {
     let none = crate::cri::Running {
         id: String::new(),
         attempt: 0,
@@ -329,13 +355,22 @@ fn approver_manifest(d: &mut UpgradeData) -> Result<()> {
         &env.cfg,
         &env.out,
         approver::POD,
-        &file.path,
+        manifest,
         &none,
         &d.client,
         until,
     );
-    let took = crate::block_on(wait)?.0;
+    let (took, running) = crate::block_on(wait)?;
     crate::health::announce_ready(&env.out, approver::POD, took);
+    let node = &env.cfg.init.node_registration.name;
+    let pod = format!("{}-{node}", approver::POD);
+    let limit = std::time::Duration::from_secs(60);
+    let mirror = crate::health::refresh_mirror(&d.client, &pod, node, &running.id, limit);
+    if !crate::block_on(mirror) {
+        tracing::info!(
+            "{pod}: the kubelet has not reported the new container in its mirror pod yet"
+        );
+    }
     Ok(())
 }
 
