@@ -197,7 +197,15 @@ fn certs_renew_no_restart_is_kubeadms_and_kubeadm_renews_the_same_files() {
     );
     std::thread::sleep(Duration::from_secs(3));
     let after = mirror_pods(&s);
-    for c in COMPONENTS {
+    // Profile hardened: the approver's kubeconfig too, and it is named for a restart.
+    assert!(
+        renew.text().contains(
+            "The kubeforge-approver static pod reads a renewed kubeconfig: restart it too."
+        ),
+        "{}",
+        renew.text()
+    );
+    for c in COMPONENTS.iter().chain(&["kubeforge-approver"]) {
         let pod = format!("{c}-{NODE}");
         assert_eq!(
             after[&pod].1, before[&pod].1,
