@@ -2,8 +2,9 @@
 //! subject, SANs and usages, the CA on disk), every renewal computed before the first file is
 //! written; then — unlike kubeadm, which only prints that you must restart them — the static
 //! pods that read a renewed file are restarted, one at a time, in the order etcd, kube-apiserver,
-//! kube-controller-manager, kube-scheduler, each waited for until it is Ready again before the
-//! next, so a stacked HA control plane never loses two members at once. `--no-restart` gives
+//! kube-controller-manager, kube-scheduler (then kubeforge-approver, profile hardened), each
+//! waited for until it is Ready again before the next, so a stacked HA control plane never loses
+//! two members at once. `--no-restart` gives
 //! kubeadm's behaviour and message. Also `certs check-expiration`'s and `kubeconfig user`'s
 //! configuration: the operator's file, else the cluster's, else the defaults.
 
