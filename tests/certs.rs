@@ -377,3 +377,107 @@ fn kubeconfig_user_signs_a_client_certificate_for_the_cluster() {
         "abcdef.0123456789abcdef"
     );
 }
+
+const APPROVER_CONF: &str = "kubeforge-approver.conf";
+const APPROVER_RENEWED: &str =
+    "certificate embedded in the kubeconfig file for kubeforge's kubelet serving CSR approver renewed";
+
+/// The approver's client certificate, extracted from a copy of its kubeconfig under the root.
+fn approver_cert(node: &Node, copy: &str) -> PathBuf {
+    let path = node.root().join(copy);
+    std::fs::copy(node.kubernetes_dir().join(APPROVER_CONF), &path).unwrap();
+    extract_client_cert(&path)
+}
+
+#[test]
+fn renew_on_a_hardened_node_renews_the_approvers_kubeconfig_and_keeps_its_mode() {
+    let node = Node::new();
+    node.init_files(&node.write_config("ECDSA-P256", ""));
+    let conf = node.kubernetes_dir().join(APPROVER_CONF);
+    assert_eq!(mode(&conf), 0o640, "init writes it 0640");
+    let before = std::fs::read(&conf).unwrap();
+    let old = approver_cert(&node, "old.conf");
+    // One second on, so that the new certificate's notAfter is later, not only its serial new.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+
+    let out = renew(&node, &["all", "--no-restart"]);
+    assert!(out.contains(APPROVER_RENEWED), "{out}");
+    assert!(
+        out.ends_with(
+            "The kubeforge-approver static pod reads a renewed kubeconfig: restart it too.\n"
+        ),
+        "{out}"
+    );
+    let new = approver_cert(&node, "new.conf");
+    assert_ne!(serial(&new), serial(&old));
+    let end = |c: &Path| openssl(&["x509", "-noout", "-enddate", "-in", c.to_str().unwrap()]);
+    assert_ne!(end(&new), end(&old));
+    assert_eq!(cert_facts(&new).subject, cert_facts(&old).subject);
+    let subject = cert_facts(&new).subject;
+    assert!(subject.contains("kubeforge:csr-approver"), "{subject}");
+    verify(&node.pki().join("ca.crt"), &new);
+    assert_eq!(mode(&conf), 0o640, "renewal keeps its mode");
+    let now = std::fs::read(&conf).unwrap();
+    assert_eq!(without_credentials(&now), without_credentials(&before));
+
+    // By name: only it.
+    let admin = node.kubernetes_dir().join("admin.conf");
+    let admin_before = std::fs::read(&admin).unwrap();
+    let out = renew(&node, &[APPROVER_CONF, "--no-restart"]);
+    assert!(out.contains(APPROVER_RENEWED), "{out}");
+    assert_ne!(std::fs::read(&conf).unwrap(), now);
+    assert_eq!(std::fs::read(&admin).unwrap(), admin_before);
+    assert_eq!(mode(&conf), 0o640);
+}
+
+#[test]
+fn check_expiration_lists_the_approvers_kubeconfig_only_where_it_is() {
+    let hardened = Node::new();
+    let cfg = hardened.write_config("ECDSA-P256", "");
+    hardened.init_files(&cfg);
+    let cfg = cfg.to_str().unwrap();
+    let text = hardened.run_ok(&["certs", "check-expiration", "--config", cfg]);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("kubeforge-approver.conf "))
+        .unwrap_or_else(|| panic!("no row for the approver: {text}"));
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(columns[columns.len() - 2..], ["ca", "no"], "{row}");
+    let json = hardened.run_ok(&["certs", "check-expiration", "--config", cfg, "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let certs = v["certificates"].as_array().unwrap();
+    assert_eq!(certs.len(), 12);
+    let approver = certs.iter().find(|c| c["name"] == APPROVER_CONF).unwrap();
+    assert_eq!(
+        (&approver["caName"], &approver["missing"]),
+        (&"ca".into(), &false.into())
+    );
+
+    // Profile kubeadm: no such file, kubeadm's rows only, and it is not a name to renew here.
+    let kubeadm = Node::new();
+    let cfg = kubeadm.write_config(
+        "ECDSA-P256",
+        "---\napiVersion: kubeforge.io/v1alpha1\nkind: Security\nprofile: kubeadm\n",
+    );
+    kubeadm.init_files(&cfg);
+    assert!(!kubeadm.kubernetes_dir().join(APPROVER_CONF).exists());
+    let cfg = cfg.to_str().unwrap();
+    let text = kubeadm.run_ok(&["certs", "check-expiration", "--config", cfg]);
+    assert!(!text.contains("kubeforge-approver"), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.ends_with(" no")).count(),
+        11 + 3,
+        "{text}"
+    );
+    let before = kubeadm.snapshot();
+    let out = kubeadm.run(&[
+        "certs",
+        "renew",
+        APPROVER_CONF,
+        "--no-restart",
+        "--config",
+        cfg,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(kubeadm.snapshot(), before);
+}

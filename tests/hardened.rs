@@ -231,3 +231,85 @@ fn logs_an_earlier_cluster_left_are_handed_to_the_api_servers_account() {
         );
     }
 }
+
+/// The config of `node` at another Kubernetes version.
+fn config_at(node: &Node, version: &str) -> kubeforge::config::Config {
+    let text = std::fs::read_to_string(node.config_path()).unwrap();
+    let text = text.replace(
+        "kubernetesVersion: v1.35.6",
+        &format!("kubernetesVersion: {version}"),
+    );
+    kubeforge::config::load_str(&text, "t.yaml", &Default::default(), &node.kubernetes_dir())
+        .unwrap()
+}
+
+fn layout(node: &Node) -> kubeforge::node::Layout {
+    kubeforge::node::Layout::new(
+        &node.kubernetes_dir(),
+        &node.root().join("var/lib/kubelet"),
+        &node.pki(),
+        &node.root().join("var/lib/etcd"),
+    )
+}
+
+/// What `upgrade` writes for the approver (its post-upgrade step): the manifest re-rendered at
+/// the target's pause image, valid for the target; at the same version byte-identical to init's
+/// (so the writer leaves it and the pod alone); nothing on a node without the approver.
+#[test]
+fn upgrade_rerenders_the_approver_manifest_at_the_targets_pause_image() {
+    let node = Node::new();
+    node.init_files(&node.write_config("ECDSA-P256", ""));
+    let path = node
+        .kubernetes_dir()
+        .join("manifests/kubeforge-approver.yaml");
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert!(written.contains("image: registry.k8s.io/pause:3.10.1\n"));
+    // upgraded() renders this (test) binary, init rendered kubeforge's.
+    let exe = std::env::current_exe().unwrap();
+    let kubeforge = std::fs::canonicalize(BIN).unwrap();
+    let same = kubeforge::kubelet::approver::upgraded(&config_at(&node, "v1.35.6"), &layout(&node))
+        .unwrap()
+        .expect("the node runs the approver");
+    assert_eq!(same.path, path);
+    let same = String::from_utf8(same.contents).unwrap();
+    assert_eq!(
+        same.replace(exe.to_str().unwrap(), kubeforge.to_str().unwrap()),
+        written
+    );
+
+    let target =
+        kubeforge::kubelet::approver::upgraded(&config_at(&node, "v1.36.3"), &layout(&node))
+            .unwrap()
+            .unwrap();
+    let text = String::from_utf8(target.contents).unwrap();
+    assert!(
+        text.contains("image: registry.k8s.io/pause:3.10.2\n"),
+        "{text}"
+    );
+    assert_eq!(target.mode, 0o600);
+    let file = node.root().join("approver-v1.36.yaml");
+    std::fs::write(&file, &text).unwrap();
+    let out = run_tool(
+        "kubernetes-validate",
+        &["--strict", "-k", "1.36.0", file.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let kubeadm = Node::new();
+    kubeadm.init_files(&kubeadm.write_config(
+        "ECDSA-P256",
+        "---\napiVersion: kubeforge.io/v1alpha1\nkind: Security\nprofile: kubeadm\n",
+    ));
+    let none =
+        kubeforge::kubelet::approver::upgraded(&config_at(&kubeadm, "v1.36.3"), &layout(&kubeadm));
+    assert!(none.unwrap().is_none());
+    assert!(!kubeadm
+        .kubernetes_dir()
+        .join("manifests/kubeforge-approver.yaml")
+        .exists());
+}

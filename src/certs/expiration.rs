@@ -10,7 +10,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use crate::config::Config;
 use crate::kubeconfig::Kubeconfig;
 use crate::output::Output;
-use crate::pki::{certificate_profiles, human_time, kubeconfig_profiles, pem_to_der};
+use crate::pki::{all_kubeconfig_profiles, certificate_profiles, human_time, pem_to_der};
 
 struct Row {
     name: String,
@@ -86,9 +86,11 @@ fn collect(cfg: &Config, kubernetes_dir: &Path) -> Result<Report> {
         }
     }
     // kubelet.conf is left out as kubeadm does: the kubelet rotates its own client certificate.
-    for k in kubeconfig_profiles()
+    // kubeforge's own kubeconfigs (profile hardened) are listed where they exist.
+    for k in all_kubeconfig_profiles()
         .into_iter()
         .filter(|k| k.name != "kubelet")
+        .filter(|k| !k.hardened || kubernetes_dir.join(&k.file).exists())
     {
         let expires = match read(&kubernetes_dir.join(&k.file)) {
             Some(text) => Kubeconfig::parse(text.as_bytes())?

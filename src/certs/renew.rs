@@ -2,8 +2,9 @@
 //! subject, SANs and usages, signed by the CA on disk, valid for `certificateValidityPeriod` from
 //! now. What the config and the profile ask for is compared with what the certificate carries and
 //! every difference is named (renewal keeps the certificate's own, as kubeadm does). CAs, `sa.*`
-//! and kubelet.conf are never renewed; a certificate whose CA key is absent (an external CA) is
-//! named as not renewable. Nothing is written here: the files to write are returned.
+//! and kubelet.conf are never renewed, kubeforge's own kubeconfigs only where they exist; a
+//! certificate whose CA key is absent (an external CA) is named as not renewable. Nothing is
+//! written here: the files to write are returned.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -45,6 +46,8 @@ pub struct Item {
     pub ca: String,
     /// The static pods that read it.
     pub used_by: Vec<Component>,
+    /// kubeforge's own static pods that read it (by pod name: kubeforge-approver).
+    pub used_by_kubeforge: Vec<String>,
     /// The component whose upgrade renews it (kubeadm's `renewCertsByComponent`).
     pub upgraded_with: Option<Component>,
     pub source: Source,
@@ -55,6 +58,23 @@ fn components(names: &[String]) -> Vec<Component> {
         .iter()
         .filter_map(|n| Component::from_name(n))
         .collect()
+}
+
+fn kubeconfig_item(k: pki::KubeconfigProfile) -> Option<Item> {
+    Some(Item {
+        name: k.file.clone(),
+        long_name: k.renewal.clone()?,
+        ca: "ca".into(),
+        used_by: components(&k.used_by),
+        used_by_kubeforge: k
+            .used_by
+            .iter()
+            .filter(|n| Component::from_name(n).is_none())
+            .cloned()
+            .collect(),
+        upgraded_with: k.used_by.first().and_then(|c| Component::from_name(c)),
+        source: Source::Kubeconfig(k),
+    })
 }
 
 /// kubeadm's renewable certificates for this config, sorted by name (the etcd ones only with a
@@ -68,6 +88,7 @@ pub fn items(cfg: &Config) -> Vec<Item> {
                 long_name: p.renewal.clone()?,
                 ca: p.signer.clone()?,
                 used_by: components(&p.used_by),
+                used_by_kubeforge: Vec::new(),
                 upgraded_with: p
                     .upgraded_with
                     .as_deref()
@@ -77,16 +98,25 @@ pub fn items(cfg: &Config) -> Vec<Item> {
             })
         })
         .collect();
-    items.extend(pki::kubeconfig_profiles().into_iter().filter_map(|k| {
-        Some(Item {
-            name: k.file.clone(),
-            long_name: k.renewal.clone()?,
-            ca: "ca".into(),
-            used_by: components(&k.used_by),
-            upgraded_with: k.used_by.first().and_then(|c| Component::from_name(c)),
-            source: Source::Kubeconfig(k),
-        })
-    }));
+    items.extend(
+        pki::kubeconfig_profiles()
+            .into_iter()
+            .filter_map(kubeconfig_item),
+    );
+    items.sort_by(|a, b| a.name.cmp(&b.name));
+    items
+}
+
+/// `items`, and kubeforge's own kubeconfigs (profile hardened) that are in `kubeconfig_dir`: a
+/// node without them (profile kubeadm, a kubeadm-built cluster) gets exactly kubeadm's list.
+pub fn items_on_node(cfg: &Config, kubeconfig_dir: &std::path::Path) -> Vec<Item> {
+    let mut items = items(cfg);
+    items.extend(
+        pki::all_kubeconfig_profiles()
+            .into_iter()
+            .filter(|k| k.hardened && kubeconfig_dir.join(&k.file).exists())
+            .filter_map(kubeconfig_item),
+    );
     items.sort_by(|a, b| a.name.cmp(&b.name));
     items
 }
@@ -224,7 +254,7 @@ impl Fresh<'_> {
         let (existing, key, cert) = self.sign(&cert_pem, old_key.as_deref())?;
         let content = replace_embedded(text, &cert_pem, &cert, old_key.as_deref(), &key.pem)?;
         Ok(Renewal::Renewed {
-            files: vec![File::new(path.to_path_buf(), content, 0o600)],
+            files: vec![File::new(path.to_path_buf(), content, k.mode)],
             differences: differences(&existing, &pki::kubeconfig_spec(k, self.cfg)),
         })
     }

@@ -455,8 +455,9 @@ pub struct CertsConfig {
     pub kubeconfig: Option<PathBuf>,
 }
 
-/// kubeadm's names of the certificates `certs renew` renews, and `all`.
-const RENEWABLE: [&str; 12] = [
+/// kubeadm's names of the certificates `certs renew` renews, and `all`; kubeforge-approver.conf
+/// only on a node that has it (profile hardened).
+const RENEWABLE: [&str; 13] = [
     "all",
     "admin.conf",
     "apiserver",
@@ -467,6 +468,7 @@ const RENEWABLE: [&str; 12] = [
     "etcd-peer",
     "etcd-server",
     "front-proxy-client",
+    "kubeforge-approver.conf",
     "scheduler.conf",
     "super-admin.conf",
 ];

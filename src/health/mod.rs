@@ -24,7 +24,9 @@ use serde_json::json;
 pub use diagnose::Container;
 use display::{seconds, Display};
 pub use mirror::readyz;
-pub use restarted::{announce_ready, refresh_mirror, wait_exited, wait_restarted, Until};
+pub use restarted::{
+    announce_ready, refresh_mirror, wait_exited, wait_pod_restarted, wait_restarted, Until,
+};
 
 use crate::config::{Config, GoDuration};
 use crate::manifests::{self, first_container};

@@ -92,12 +92,26 @@ pub async fn wait_restarted(
     admin: &kube::Client,
     until: Until,
 ) -> Result<(Duration, Running)> {
+    let manifest = component.manifest(layout);
+    wait_pod_restarted(cfg, out, component.name(), &manifest, old, admin, until).await
+}
+
+/// `wait_restarted` for any static pod of this node, by its name (its container's) and manifest.
+pub async fn wait_pod_restarted(
+    cfg: &Config,
+    out: &Output,
+    name: &str,
+    manifest: &std::path::Path,
+    old: &Running,
+    admin: &kube::Client,
+    until: Until,
+) -> Result<(Duration, Running)> {
     let limit = until.limit;
-    let manifest = std::fs::read_to_string(component.manifest(layout))?;
+    let manifest = std::fs::read_to_string(manifest)?;
     let container = first_container(&manifest)?;
     let image = container.image.clone().unwrap_or_default();
     let url = probe_url(&container);
-    let pod = format!("{}-{}", component.name(), cfg.init.node_registration.name);
+    let pod = format!("{name}-{}", cfg.init.node_registration.name);
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(2))
@@ -128,7 +142,7 @@ pub async fn wait_restarted(
             }
         }
         let log_dir = pod_logs_dir(cfg);
-        let log = logs::tail(&log_dir, &pod, component.name(), LOG_LINES)
+        let log = logs::tail(&log_dir, &pod, name, LOG_LINES)
             .map(|t| t.1)
             .unwrap_or_default();
         // Only a container started after the stop can fail for certain: the stopped one's
@@ -140,17 +154,10 @@ pub async fn wait_restarted(
             && diagnose::diagnose(&facts, &log).is_some_and(|d| d.certain);
         let timed_out = start.elapsed() > limit;
         if certain || timed_out {
-            report_failure(
-                out,
-                component.name(),
-                &pod,
-                facts,
-                timed_out.then_some(limit),
-                &log_dir,
-            );
+            report_failure(out, name, &pod, facts, timed_out.then_some(limit), &log_dir);
             bail!(
                 "{} did not come up{}",
-                component.name(),
+                name,
                 if timed_out {
                     format!(" within {}", GoDuration(limit))
                 } else {
@@ -160,7 +167,7 @@ pub async fn wait_restarted(
         }
         tracing::debug!(
             "{}: {} ({})",
-            component.name(),
+            name,
             facts.summary(),
             seconds(start.elapsed())
         );
@@ -276,14 +283,10 @@ pub async fn wait_exited(
 }
 
 /// `[restart] <component> is Ready again after 4.1s`.
-pub fn announce_ready(out: &Output, component: Component, took: Duration) {
+pub fn announce_ready(out: &Output, name: &str, took: Duration) {
     out.step(
         "restart",
-        &format!(
-            "{} is Ready again after {}",
-            component.name(),
-            seconds(took)
-        ),
-        json!({ "component": component.name(), "ready": true, "seconds": took.as_secs_f64() }),
+        &format!("{name} is Ready again after {}", seconds(took)),
+        json!({ "component": name, "ready": true, "seconds": took.as_secs_f64() }),
     );
 }

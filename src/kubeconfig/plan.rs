@@ -12,8 +12,6 @@ use crate::node::{File, HostWriter, Layout};
 use crate::output::Output;
 use crate::pki::{self, keys, Ca, KubeconfigProfile, ServerKind};
 
-const MODE: u32 = 0o600;
-
 /// The API server a kubeconfig points at: the control-plane endpoint, or this node's own.
 pub fn server_url(cfg: &Config, p: &KubeconfigProfile) -> String {
     match p.server {
@@ -117,7 +115,7 @@ impl Plan {
             &format!("Writing {:?} kubeconfig file", p.file),
             json!({ "kubeconfig": p.name, "action": "write", "path": path }),
         );
-        Ok(vec![File::new(path, conf.to_yaml(), MODE)])
+        Ok(vec![File::new(path, conf.to_yaml(), p.mode)])
     }
 }
 

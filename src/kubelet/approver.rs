@@ -24,7 +24,6 @@ pub const KUBECONFIG: &str = "kubeforge-approver.conf";
 pub const KUBECONFIG_PROFILE: &str = "kubeforge-approver";
 /// The pod's user: not root; it reads its kubeconfig through group 0 (the file is 0640 root:root).
 const RUN_AS_USER: u32 = 65532;
-pub const KUBECONFIG_MODE: u32 = 0o640;
 /// Where the loop leaves its heartbeat inside the pod (an in-memory emptyDir).
 const HEARTBEAT: &str = "/run/kubeforge-approver/heartbeat";
 const INTERVAL_SECONDS: u64 = 10;
@@ -59,6 +58,16 @@ pub fn manifest(cfg: &Config, layout: &Layout, binary: &Path) -> Result<File> {
         .context("the rendered kubeforge-approver manifest is not a valid Pod")?;
     let yaml = patched_manifest(cfg, POD, pod)?;
     Ok(File::new(manifest_path(layout), yaml, MANIFEST_MODE))
+}
+
+/// The approver's static pod re-rendered for `cfg` (an upgrade's target: its pause image) and
+/// this kubeforge, when this node runs one; None on a node without it (profile kubeadm, a
+/// worker, a cluster kubeadm built).
+pub fn upgraded(cfg: &Config, layout: &Layout) -> Result<Option<File>> {
+    if !manifest_path(layout).exists() {
+        return Ok(None);
+    }
+    manifest(cfg, layout, &static_binary()?).map(Some)
 }
 
 /// The kubeforge binary the approver pod runs: this one, which must run in an empty root (the

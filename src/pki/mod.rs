@@ -98,6 +98,12 @@ pub struct KubeconfigProfile {
     /// kubeforge's own (profile hardened), not one of kubeadm's kubeconfigs.
     #[serde(default)]
     pub hardened: bool,
+    #[serde(default = "kubeconfig_mode")]
+    pub mode: u32,
+}
+
+fn kubeconfig_mode() -> u32 {
+    0o600
 }
 
 pub fn certificate_profiles() -> Vec<CertProfile> {
@@ -579,5 +585,11 @@ mod tests {
                 "scheduler"
             ]
         );
+        let modes: Vec<_> = all_kubeconfig_profiles()
+            .into_iter()
+            .map(|p| (p.name, p.mode))
+            .filter(|(_, mode)| *mode != 0o600)
+            .collect();
+        assert_eq!(modes, [("kubeforge-approver".to_string(), 0o640)]);
     }
 }

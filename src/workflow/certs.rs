@@ -2,8 +2,9 @@
 //! subject, SANs and usages, the CA on disk), every renewal computed before the first file is
 //! written; then — unlike kubeadm, which only prints that you must restart them — the static
 //! pods that read a renewed file are restarted, one at a time, in the order etcd, kube-apiserver,
-//! kube-controller-manager, kube-scheduler, each waited for until it is Ready again before the
-//! next, so a stacked HA control plane never loses two members at once. `--no-restart` gives
+//! kube-controller-manager, kube-scheduler (then kubeforge-approver, profile hardened), each
+//! waited for until it is Ready again before the next, so a stacked HA control plane never loses
+//! two members at once. `--no-restart` gives
 //! kubeadm's behaviour and message. Also `certs check-expiration`'s and `kubeconfig user`'s
 //! configuration: the operator's file, else the cluster's, else the defaults.
 
@@ -19,6 +20,7 @@ use super::{Data, Phase, Selection, Step};
 use crate::certs::renew::{self, Item, KeyAlgorithm, Renewal};
 use crate::config::{self, Config};
 use crate::cri::Runtime;
+use crate::kubelet::approver;
 use crate::manifests::{self, Component};
 use crate::node::{File, HostWriter, Layout};
 use crate::output::Output;
@@ -150,6 +152,8 @@ pub struct RenewData {
     restart: bool,
     /// The static pods that read a file this run changed.
     changed: BTreeSet<Component>,
+    /// kubeforge's own static pods (kubeforge-approver) that read a file this run changed.
+    changed_kubeforge: BTreeSet<String>,
     renewed: usize,
 }
 
@@ -179,7 +183,9 @@ pub fn phases() -> Vec<Phase<RenewData>> {
             "restart",
             "Restart, one at a time, the static pods whose certificates changed",
         )
-        .run_if(|d: &RenewData| d.restart && !d.changed.is_empty())
+        .run_if(|d: &RenewData| {
+            d.restart && !(d.changed.is_empty() && d.changed_kubeforge.is_empty())
+        })
         .children(vec![
             restart_phase(Component::Etcd, |d| d.changed.contains(&Component::Etcd)),
             restart_phase(Component::KubeApiserver, |d| {
@@ -191,6 +197,12 @@ pub fn phases() -> Vec<Phase<RenewData>> {
             restart_phase(Component::KubeScheduler, |d| {
                 d.changed.contains(&Component::KubeScheduler)
             }),
+            Phase::new(
+                approver::POD,
+                format!("Restart {} and wait until it runs again", approver::POD),
+            )
+            .run_if(|d: &RenewData| d.changed_kubeforge.contains(approver::POD))
+            .run(restart_approver),
         ]),
     ]
 }
@@ -245,6 +257,8 @@ fn renew_all(d: &mut RenewData, _: &Step) -> Result<()> {
         }
         if changed {
             d.changed.extend(item.used_by.iter().copied());
+            d.changed_kubeforge
+                .extend(item.used_by_kubeforge.iter().cloned());
         }
         d.renewed += 1;
         d.out.step(
@@ -270,6 +284,22 @@ fn restart_component(d: &mut RenewData, step: &Step) -> Result<()> {
     )
 }
 
+/// The approver keeps the client certificate it started with: its container is replaced.
+fn restart_approver(d: &mut RenewData, _: &Step) -> Result<()> {
+    let pod = StaticPod {
+        name: approver::POD,
+        manifest: approver::manifest_path(&d.layout),
+    };
+    let why = "its kubeconfig changed";
+    restart_pod_and_wait(&d.cfg, &d.layout, &d.kubeconfig_dir, &d.out, &pod, why)
+}
+
+/// A static pod of this node: its name (its container's) and its manifest.
+pub(super) struct StaticPod {
+    pub name: &'static str,
+    pub manifest: PathBuf,
+}
+
 /// Restarts `component`'s container on this node (the kubelet starts it again; `why` says for
 /// what) and waits until it is Ready; a component without a manifest here is left alone.
 pub(super) fn restart_and_wait(
@@ -280,19 +310,35 @@ pub(super) fn restart_and_wait(
     component: Component,
     why: &str,
 ) -> Result<()> {
-    if !component.manifest(layout).exists() {
+    let pod = StaticPod {
+        name: component.name(),
+        manifest: component.manifest(layout),
+    };
+    restart_pod_and_wait(cfg, layout, kubeconfig_dir, out, &pod, why)
+}
+
+/// `restart_and_wait` for any static pod of this node.
+pub(super) fn restart_pod_and_wait(
+    cfg: &Config,
+    layout: &Layout,
+    kubeconfig_dir: &Path,
+    out: &Output,
+    static_pod: &StaticPod,
+    why: &str,
+) -> Result<()> {
+    let name = static_pod.name;
+    if !static_pod.manifest.exists() {
         out.step(
             "restart",
             &format!(
-                "{} does not run here (no manifest in {}): not restarted",
-                component.name(),
+                "{name} does not run here (no manifest in {}): not restarted",
                 layout.manifests_dir.display()
             ),
-            json!({ "component": component.name(), "restarted": false }),
+            json!({ "component": name, "restarted": false }),
         );
         return Ok(());
     }
-    let pod = format!("{}-{}", component.name(), cfg.init.node_registration.name);
+    let pod = format!("{name}-{}", cfg.init.node_registration.name);
     let cri = cfg.init.node_registration.cri_socket.clone();
     let admin = kubeconfig_dir.join("admin.conf");
     let server = crate::health::api_server_url(layout).unwrap_or_else(|_| cfg.local_endpoint_url());
@@ -306,18 +352,15 @@ pub(super) fn restart_and_wait(
         };
         out.step(
             "restart",
-            &format!(
-                "Restarted {} (container {shown}): {why}; waiting until it is Ready",
-                component.name()
-            ),
-            json!({ "component": component.name(), "container": before.id }),
+            &format!("Restarted {name} (container {shown}): {why}; waiting until it is Ready"),
+            json!({ "component": name, "container": before.id }),
         );
         let client = crate::kube::polling_client(&admin, Some(&server)).await?;
-        let took = crate::health::wait_restarted(
+        let took = crate::health::wait_pod_restarted(
             cfg,
-            layout,
             out,
-            component,
+            name,
+            &static_pod.manifest,
             &before,
             &client,
             crate::health::Until {
@@ -331,7 +374,7 @@ pub(super) fn restart_and_wait(
         Ok::<_, anyhow::Error>((before, took))
     })?;
     tracing::info!("{pod}: container {} replaced", before.id);
-    crate::health::announce_ready(out, component, took);
+    crate::health::announce_ready(out, name, took);
     Ok(())
 }
 
@@ -343,7 +386,11 @@ pub fn run(
     out: Output,
 ) -> Result<()> {
     let (cfg, known) = load_config(&options.source, kubernetes_dir, &out, "renew")?;
-    let items: Vec<Item> = renew::items(&cfg)
+    let kubeconfig_dir = options
+        .kubeconfig_dir
+        .clone()
+        .unwrap_or_else(|| kubernetes_dir.to_path_buf());
+    let items: Vec<Item> = renew::items_on_node(&cfg, &kubeconfig_dir)
         .into_iter()
         .filter(|i| options.name == "all" || i.name == options.name)
         .collect();
@@ -366,15 +413,13 @@ pub fn run(
     };
     let runs_pods = Component::ALL.iter().any(|c| c.manifest(&layout).exists());
     let mut data = RenewData {
-        kubeconfig_dir: options
-            .kubeconfig_dir
-            .clone()
-            .unwrap_or_else(|| kubernetes_dir.to_path_buf()),
+        kubeconfig_dir,
         now: OffsetDateTime::now_utc()
             .replace_nanosecond(0)
             .expect("0 is a valid nanosecond"),
         restart: options.restart && runs_pods,
         changed: BTreeSet::new(),
+        changed_kubeforge: BTreeSet::new(),
         renewed: 0,
         cfg,
         layout,
@@ -384,17 +429,28 @@ pub fn run(
         items,
     };
     super::run(&phases(), &mut data, &Selection::default())?;
-    if !data.restart && options.name == "all" && !data.out.json() {
-        println!("\n{RESTART_YOURSELF}");
+    closing(&data, &options);
+    Ok(())
+}
+
+/// kubeadm's closing words without the restarts; with them, what was renewed and restarted.
+fn closing(data: &RenewData, options: &RenewOptions) {
+    if !data.restart && !data.out.json() {
+        if options.name == "all" {
+            println!("\n{RESTART_YOURSELF}");
+        }
+        for pod in &data.changed_kubeforge {
+            println!("The {pod} static pod reads a renewed kubeconfig: restart it too.");
+        }
     } else if data.restart {
         let restarted: Vec<&str> = Component::ALL
             .iter()
             .filter(|c| data.changed.contains(c))
             .map(|c| c.name())
+            .chain(data.changed_kubeforge.iter().map(String::as_str))
             .collect();
         data.out.step("restart", &format!("Done: {} certificates renewed; {} restarted one at a time, each Ready again before the next", data.renewed, if restarted.is_empty() { "nothing needed to be".to_string() } else { restarted.join(", ") }), json!({ "renewed": data.renewed, "restarted": restarted }));
     }
-    Ok(())
 }
 
 /// `certs generate-csr`: every key, CSR and key-only kubeconfig, none of which may exist yet.

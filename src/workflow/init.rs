@@ -688,10 +688,7 @@ pub(super) fn write_approver_and_approve(env: &mut Env, phase: &str) -> Result<(
         .apply(env, phase, objects::csr_approver_rbac()?)?;
     let name = approver::KUBECONFIG_PROFILE.to_string();
     let mut plan = kubeconfig_plan(env, std::slice::from_ref(&name))?;
-    let mut files = plan.files(&env.cfg, &env.layout, &env.out, &name)?;
-    for file in &mut files {
-        file.mode = approver::KUBECONFIG_MODE;
-    }
+    let files = plan.files(&env.cfg, &env.layout, &env.out, &name)?;
     env.write_all(phase, &files)?;
     let binary = std::env::current_exe().context("locating the kubeforge binary")?;
     let manifest = approver::manifest(&env.cfg, &env.layout, &binary)?;

@@ -203,6 +203,20 @@ etcd:
         self.run_ok(&["init", "phase", "kubeconfig", "all", "--config", cfg]);
     }
 
+    /// Every file `init` with `cfg` writes under the kubernetes dir — for profile hardened also
+    /// kubeforge-approver.conf and its static pod — from its dry-run (no cluster to talk to), the
+    /// dry-run's tree moved onto the node with its modes.
+    pub fn init_files(&self, cfg: &Path) {
+        let out = self.run_ok(&["init", "--dry-run", "--config", cfg.to_str().unwrap()]);
+        let dir = PathBuf::from(dry_run_dir(&out));
+        let kdir = self.kubernetes_dir();
+        let tree = dir.join(kdir.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&kdir).unwrap();
+        let from = format!("{}/.", tree.display());
+        tool_ok("cp", &["-a", &from, kdir.to_str().unwrap()]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     /// Every file under the node: path → (content, mtime, mode).
     pub fn snapshot(&self) -> BTreeMap<PathBuf, (Vec<u8>, std::time::SystemTime, u32)> {
         snapshot(self.root())

@@ -4,6 +4,7 @@
 //! `--no-restart` leaves the containers alone, as kubeadm does; and a node whose leaf
 //! certificates have all expired comes back with one `certs renew all`.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -23,6 +24,17 @@ fn serving_serial(s: &Scenario) -> String {
 
 fn file_serial(path: &str) -> String {
     harness::run(Command::new("openssl").args(["x509", "-noout", "-serial", "-in", path]))
+        .trim()
+        .to_string()
+}
+
+/// The serial of the client certificate embedded in a kubeconfig.
+pub fn kubeconfig_serial(s: &Scenario, kubeconfig: &str) -> String {
+    let script = format!(
+        "{} --kubeconfig={kubeconfig} config view --raw -o jsonpath='{{.users[0].user.client-certificate-data}}' | base64 -d | openssl x509 -noout -serial",
+        s.host.kubectl
+    );
+    harness::run(Command::new("sh").args(["-c", &script]))
         .trim()
         .to_string()
 }
@@ -93,6 +105,8 @@ fn certs_renew_all_restarts_each_component_one_at_a_time() {
     assert_control_plane_ready(&s);
     let before = mirror_pods(&s);
     let old_serial = serving_serial(&s);
+    let approver_conf = format!("{KUBERNETES_DIR}/kubeforge-approver.conf");
+    let old_approver_serial = kubeconfig_serial(&s, &approver_conf);
     let renew = kubeforge(&["certs", "renew", "all"], &[]);
     for (t, line) in &renew.lines {
         println!("{t:7.2} {line}");
@@ -137,6 +151,25 @@ fn certs_renew_all_restarts_each_component_one_at_a_time() {
         new_serial,
         file_serial(&format!("{KUBERNETES_DIR}/pki/apiserver.crt"))
     );
+    // Profile hardened: the approver's kubeconfig renewed (0640 kept) and its pod, which holds
+    // the old certificate in memory, restarted last and Ready again.
+    assert_ne!(
+        kubeconfig_serial(&s, &approver_conf),
+        old_approver_serial,
+        "kubeforge-approver.conf not renewed"
+    );
+    let mode = std::fs::metadata(&approver_conf)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o640);
+    let approver = format!("kubeforge-approver-{NODE}");
+    assert_ne!(
+        after[&approver].1, before[&approver].1,
+        "{approver} runs the same container: not restarted"
+    );
+    assert!(after[&approver].3, "{approver} is not Ready");
     let kubelet_dir_ok = Path::new(KUBELET_DIR).join("config.yaml").exists();
     assert!(kubelet_dir_ok);
     println!(
@@ -164,7 +197,15 @@ fn certs_renew_no_restart_is_kubeadms_and_kubeadm_renews_the_same_files() {
     );
     std::thread::sleep(Duration::from_secs(3));
     let after = mirror_pods(&s);
-    for c in COMPONENTS {
+    // Profile hardened: the approver's kubeconfig too, and it is named for a restart.
+    assert!(
+        renew.text().contains(
+            "The kubeforge-approver static pod reads a renewed kubeconfig: restart it too."
+        ),
+        "{}",
+        renew.text()
+    );
+    for c in COMPONENTS.iter().chain(&["kubeforge-approver"]) {
         let pod = format!("{c}-{NODE}");
         assert_eq!(
             after[&pod].1, before[&pod].1,

@@ -537,6 +537,8 @@ fn upgrade_apply_moves_the_node_to_the_next_minor_and_a_rerun_changes_nothing() 
     );
     assert_eq!(node_files(), files, "the dry-run changed the node");
 
+    let approver_conf = format!("{KUBERNETES_DIR}/kubeforge-approver.conf");
+    let approver_serial = super::certs::kubeconfig_serial(&s, &approver_conf);
     let sampler = Sampler::start(&s);
     let run = apply(&t.version, &[], &[]);
     let ((ready_gap, ready_total), (read_gap, read_total)) = sampler.finish();
@@ -554,6 +556,12 @@ fn upgrade_apply_moves_the_node_to_the_next_minor_and_a_rerun_changes_nothing() 
     assert_eq!(
         stored_config(&s)["kubernetesVersion"].as_str(),
         Some(t.version.as_str())
+    );
+    assert_approver_at(&s, &t.version);
+    // Renewed with the control plane's certificates, as kubeadm renews its kubeconfigs.
+    assert_ne!(
+        super::certs::kubeconfig_serial(&s, &approver_conf),
+        approver_serial
     );
     let proxy = kubectl_json(
         &s.host,
@@ -594,7 +602,12 @@ fn upgrade_apply_moves_the_node_to_the_next_minor_and_a_rerun_changes_nothing() 
     // The control plane's containers (kube-proxy's pod may still be rolling from the upgrade).
     let ids = |p: &BTreeMap<String, (String, String, i64, bool)>| {
         p.iter()
-            .filter(|(name, _)| COMPONENTS.iter().any(|c| name.starts_with(c)))
+            .filter(|(name, _)| {
+                COMPONENTS
+                    .iter()
+                    .chain(&["kubeforge-approver"])
+                    .any(|c| name.starts_with(c))
+            })
             .map(|(_, v)| v.1.clone())
             .collect::<Vec<_>>()
     };
@@ -624,6 +637,57 @@ fn upgrade_apply_moves_the_node_to_the_next_minor_and_a_rerun_changes_nothing() 
         "FIGURES: kubeforge upgrade apply {} → {}: wall {:.1} s, peak RSS {} KiB; /readyz down {:.1} s (longest gap {:.1} s), reads down {:.1} s (longest {:.1} s); pods Ready {:.1} s after it returned; {}; a re-run {:.1} s",
         s.host.version, t.version, run.seconds, run.peak_rss_kib, ready_total, ready_gap, read_total, read_gap, ready_after, component_seconds(&run), again.seconds
     );
+}
+
+/// Profile hardened: the approver's manifest names `version`'s pause image (the one
+/// `config images list` gives for it) and its pod runs it, Ready.
+fn assert_approver_at(s: &Scenario, version: &str) {
+    let images = harness::run(std::process::Command::new(harness::binary()).args([
+        "config",
+        "images",
+        "list",
+        "--kubernetes-version",
+        version,
+    ]));
+    let pause = images
+        .lines()
+        .find(|l| l.contains("/pause:"))
+        .expect("a pause image");
+    let tag = &pause[pause.rfind(':').unwrap()..];
+    let manifest = std::fs::read_to_string(format!(
+        "{KUBERNETES_DIR}/manifests/kubeforge-approver.yaml"
+    ))
+    .unwrap();
+    assert!(
+        manifest.contains(&format!("/pause{tag}\n")),
+        "the approver's manifest is not at {pause}:\n{manifest}"
+    );
+    // Its mirror pod follows within a minute (the upgrade nudges a stale one).
+    let start = Instant::now();
+    loop {
+        let pod = kubectl_json(
+            &s.host,
+            &[
+                "get",
+                "pod",
+                "-n",
+                "kube-system",
+                &format!("kubeforge-approver-{NODE}"),
+            ],
+        );
+        let image = pod["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap_or_default();
+        let ready = pod["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
+        if image.ends_with(&format!("/pause{tag}")) && ready {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{pod}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// The same node, the same state, real kubeadm's `upgrade apply`: the figures to compare with.

@@ -2,6 +2,8 @@
 //! node's kubeconfigs and kubelet config, the bootstrap-token RBAC, the addons (only once every
 //! control-plane node's API server runs the target, kubeadm's rule) and the release's cleanup.
 
+use std::time::SystemTime;
+
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -14,6 +16,7 @@ use crate::cluster::objects;
 use crate::config::Config;
 use crate::kube::apply::Object;
 use crate::kubeconfig::Kubeconfig;
+use crate::kubelet::approver;
 use crate::node::{File, Outcome};
 use crate::workflow::Step;
 
@@ -77,8 +80,8 @@ pub fn undo_upload(d: &mut UpgradeData, name: &str) -> Result<()> {
 /// kubeadm does at the end of its control-plane step; kubelet.conf pointed at this node's own API
 /// server.
 pub fn kubeconfig(d: &mut UpgradeData, _: &Step) -> Result<()> {
-    if d.opts.certificate_renewal && !d.swaps.is_empty() && !d.dry_run() {
-        renew_admin(d)?;
+    if renews_kubeconfigs(d) {
+        renew_kubeconfigs(d, &["admin.conf", "super-admin.conf"])?;
     }
     let path = d.env.layout.kubeconfig("kubelet.conf");
     if let Some(text) = d.env.writer.read(&path)? {
@@ -98,13 +101,20 @@ pub fn kubeconfig(d: &mut UpgradeData, _: &Step) -> Result<()> {
     Ok(())
 }
 
-fn renew_admin(d: &mut UpgradeData) -> Result<()> {
+/// kubeadm renews the kubeconfigs when the control plane changed (with `--certificate-renewal`).
+fn renews_kubeconfigs(d: &UpgradeData) -> bool {
+    d.opts.certificate_renewal && !d.swaps.is_empty() && !d.dry_run()
+}
+
+/// The kubeconfigs `names` that this node has, renewed; whether any changed.
+fn renew_kubeconfigs(d: &mut UpgradeData, names: &[&str]) -> Result<bool> {
     let algorithm = KeyAlgorithm::Config(d.env.cfg.cluster.encryption_algorithm);
-    for item in renew::items(&d.env.cfg) {
-        if !matches!(item.name.as_str(), "admin.conf" | "super-admin.conf") {
+    let dir = d.env.layout.kubernetes_dir.clone();
+    let mut changed = false;
+    for item in renew::items_on_node(&d.env.cfg, &dir) {
+        if !names.contains(&item.name.as_str()) {
             continue;
         }
-        let dir = d.env.layout.kubernetes_dir.clone();
         let env = &d.env;
         if let Renewal::Renewed { files, .. } = renew::renew(
             &item,
@@ -115,7 +125,7 @@ fn renew_admin(d: &mut UpgradeData) -> Result<()> {
             algorithm,
             env.now,
         )? {
-            d.env.write_all("kubeconfig", &files)?;
+            changed |= d.env.write_all("kubeconfig", &files)?;
             d.say(
                 "upgrade/kubeconfig",
                 &format!("Renewed the certificate in {}", item.name),
@@ -123,7 +133,7 @@ fn renew_admin(d: &mut UpgradeData) -> Result<()> {
             );
         }
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// The kubelet's config.yaml (and instance-config.yaml) from the cluster's kubelet-config at the
@@ -285,8 +295,86 @@ fn skip_disabled(d: &UpgradeData, disabled: bool, addon: &str) -> bool {
 }
 
 /// kubeadm v1.35's cleanup: `--pod-infra-container-image` leaves the kubelet's flags file (the
-/// runtime's sandbox image is what counts since v1.35); the old file is kept in the backup.
+/// runtime's sandbox image is what counts since v1.35); the old file is kept in the backup. Then
+/// kubeforge-approver's manifest, where this node runs it.
 pub fn post_upgrade(d: &mut UpgradeData, _: &Step) -> Result<()> {
+    strip_pod_infra_flag(d)?;
+    approver_manifest(d)
+}
+
+/// kubeforge-approver's static pod (profile hardened) at the target's pause image, running this
+/// kubeforge, and its kubeconfig renewed as kubeadm's are: the manifest written only when its
+/// bytes differ, then waited for until its new container runs (a failure names its state and
+/// log, as for the control plane); with the same manifest and a renewed kubeconfig the pod is
+/// restarted as `certs renew` does; with neither it keeps running.
+fn approver_manifest(d: &mut UpgradeData) -> Result<()> {
+    let file = match approver::upgraded(&d.env.cfg, &d.env.layout) {
+        Ok(Some(file)) => file,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            let text = format!("WARNING: {e:#}: the kubeforge-approver manifest is left as it is");
+            d.say("upgrade/staticpods", &text, json!({ "approver": "kept" }));
+            return Ok(());
+        }
+    };
+    let renewed = renews_kubeconfigs(d) && renew_kubeconfigs(d, &[approver::KUBECONFIG])?;
+    let since = SystemTime::now();
+    let outcome = d.env.write("post-upgrade", &file)?;
+    if matches!(outcome, Outcome::Created | Outcome::Replaced { .. }) {
+        let text = format!("Upgraded the static Pod manifest for {:?}", approver::POD);
+        d.say("upgrade/staticpods", &text, json!({ "path": file.path }));
+        return wait_approver(d, &file.path, since);
+    }
+    if !renewed {
+        return Ok(());
+    }
+    let pod = crate::workflow::certs::StaticPod {
+        name: approver::POD,
+        manifest: file.path,
+    };
+    let env = &d.env;
+    let dir = &env.layout.kubernetes_dir;
+    let why = "its kubeconfig was renewed";
+    crate::workflow::certs::restart_pod_and_wait(&env.cfg, &env.layout, dir, &env.out, &pod, why)
+}
+
+/// Waits until the approver runs in a sandbox made since its manifest was written, then (briefly,
+/// as the mirror-pods step does for the control plane) until its mirror pod shows it.
+fn wait_approver(d: &UpgradeData, manifest: &std::path::Path, since: SystemTime) -> Result<()> {
+    let none = crate::cri::Running {
+        id: String::new(),
+        attempt: 0,
+    };
+    let until = crate::health::Until {
+        mirror: false,
+        limit: d.limit(),
+        since: Some(since),
+    };
+    let env = &d.env;
+    let wait = crate::health::wait_pod_restarted(
+        &env.cfg,
+        &env.out,
+        approver::POD,
+        manifest,
+        &none,
+        &d.client,
+        until,
+    );
+    let (took, running) = crate::block_on(wait)?;
+    crate::health::announce_ready(&env.out, approver::POD, took);
+    let node = &env.cfg.init.node_registration.name;
+    let pod = format!("{}-{node}", approver::POD);
+    let limit = std::time::Duration::from_secs(60);
+    let mirror = crate::health::refresh_mirror(&d.client, &pod, node, &running.id, limit);
+    if !crate::block_on(mirror) {
+        tracing::info!(
+            "{pod}: the kubelet has not reported the new container in its mirror pod yet"
+        );
+    }
+    Ok(())
+}
+
+fn strip_pod_infra_flag(d: &mut UpgradeData) -> Result<()> {
     let path = d.env.layout.kubelet_dir.join("kubeadm-flags.env");
     let Some(bytes) = d.env.writer.read(&path)? else {
         return Ok(());
