@@ -515,6 +515,33 @@ impl HostWriter {
         }
     }
 
+    /// Gives a file kubeforge did not write (a package's) owner root:root, no ACL and `mode`,
+    /// its content untouched and nothing journaled: Unchanged when it has them already,
+    /// WouldWrite (and nothing changes) in a dry-run. A symlink is refused, never followed.
+    pub fn restrict(&mut self, path: &Path, mode: u32) -> Result<Outcome> {
+        if self.preview {
+            bail!("{} is not changed: this run only previews", path.display());
+        }
+        let meta =
+            fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        if !meta.file_type().is_file() {
+            bail!("{} is not a regular file: left as it is", path.display());
+        }
+        let root = Ids {
+            uid: 0,
+            gid: 0,
+            readers: Vec::new(),
+        };
+        if access_matches(path, mode, &root, false)? {
+            return Ok(Outcome::Unchanged);
+        }
+        if self.dry_run_root.is_some() {
+            return Ok(Outcome::WouldWrite);
+        }
+        fix_access(path, mode, &root, false)?;
+        Ok(Outcome::ModeFixed)
+    }
+
     /// This run's backup directory, `<kubernetes-dir>/tmp/kubeforge-backup-<time>`: made and
     /// journaled on first use, and then the runs before it beyond the newest `KEEP_RUNS - 1` are
     /// removed. Everything the run replaces is kept here, and what it saves beside (an etcd
