@@ -1,7 +1,7 @@
 //! CIS 4.1.1/4.1.2 on a node under a temp dir: the kubelet's unit files the packages install
-//! (0644) are restricted to root:root 0600 by a hardened init's `kubelet-start`, once each
-//! (/lib is /usr/lib), a masked unit (a symlink to /dev/null) left alone, a re-run and profile
-//! kubeadm changing nothing, a dry-run only naming them, reset keeping them.
+//! (0644) are restricted to root:root 0600 by a hardened init's and join's `kubelet-start`, once
+//! each (/lib is /usr/lib), a masked unit (a symlink to /dev/null) left alone, a re-run and
+//! profile kubeadm changing nothing, a dry-run only naming them, reset keeping them.
 
 mod common;
 use common::*;
@@ -147,5 +147,41 @@ fn the_restricted_mode_only_takes_bits_away() {
         (0o000, 0o000),
     ] {
         assert_eq!(restricted_mode(mode), want, "{mode:04o}");
+    }
+}
+
+/// A worker's join restricts the worker's units the same way (the stand-in API server serves the
+/// cluster's configuration with profile hardened, tests/common/standin.rs; the files are real).
+#[test]
+fn a_worker_join_restricts_the_kubelet_units() {
+    use common::standin::{join_cluster, kubelet_bootstraps};
+    let cluster = Node::new();
+    let worker = Node::new();
+    let units = install_units(worker.root());
+    let (_standin, endpoint) = join_cluster(&cluster, &worker.pki());
+    let pin = openssl_ca_pin(&cluster.pki().join("ca.crt"));
+    let kubelet = kubelet_bootstraps(&worker, &cluster);
+    let token = "abcdef.0123456789abcdef";
+    let out = worker.run_ok(&[
+        "join",
+        &endpoint,
+        "--token",
+        token,
+        "--discovery-token-ca-cert-hash",
+        &pin,
+        "--node-name",
+        "w1",
+        "--skip-phases",
+        "preflight",
+    ]);
+    kubelet.join().unwrap();
+    assert_eq!(lines_naming_units(&out).len(), 3, "{out}");
+    for unit in &units {
+        assert_eq!(
+            (mode(unit), owner(unit)),
+            (0o600, (0, 0)),
+            "{}",
+            unit.display()
+        );
     }
 }
