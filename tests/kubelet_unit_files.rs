@@ -121,6 +121,7 @@ fn profile_kubeadm_and_a_dry_run_leave_the_kubelet_units_as_they_are() {
         "{named:?}"
     );
     assert_eq!(states(&units), before, "a dry-run changed a unit file");
+    std::fs::remove_dir_all(dry_run_dir(&dry)).unwrap();
 
     let kubeadm = node.write_config(
         "ECDSA-P256",

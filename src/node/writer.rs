@@ -1008,6 +1008,51 @@ mod tests {
     }
 
     #[test]
+    fn restrict_fixes_mode_and_owner_in_place_and_never_follows_a_symlink() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        let l = layout(root.path());
+        let unit = root.path().join("kubelet.service");
+        fs::write(&unit, "[Service]\n").unwrap();
+        fs::set_permissions(&unit, fs::Permissions::from_mode(0o644)).unwrap();
+        let nobody = accounts::lookup("nobody")
+            .unwrap()
+            .expect("Debian's nobody");
+        chown(&unit, nobody.uid, nobody.gid).unwrap();
+        let state = |p: &Path| {
+            let m = fs::metadata(p).unwrap();
+            (
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid(),
+                m.ctime(),
+                m.ctime_nsec(),
+            )
+        };
+        let before = state(&unit);
+        let mut dry = HostWriter::open(&l, true).unwrap();
+        assert_eq!(dry.restrict(&unit, 0o600).unwrap(), Outcome::WouldWrite);
+        assert_eq!(state(&unit), before, "a dry-run changed it");
+        fs::remove_dir_all(dry.dry_run_dir().unwrap()).unwrap();
+        let mut w = HostWriter::open(&l, false).unwrap();
+        assert_eq!(w.restrict(&unit, 0o600).unwrap(), Outcome::ModeFixed);
+        let after = state(&unit);
+        assert_eq!((after.0, after.1, after.2), (0o600, 0, 0));
+        assert_eq!(w.restrict(&unit, 0o600).unwrap(), Outcome::Unchanged);
+        assert_eq!(state(&unit), after);
+        assert_eq!(fs::read_to_string(&unit).unwrap(), "[Service]\n");
+        assert!(!journal_entries(&l).unwrap().contains(&unit));
+
+        let target = root.path().join("target");
+        fs::write(&target, "x").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
+        let masked = root.path().join("masked.service");
+        std::os::unix::fs::symlink(&target, &masked).unwrap();
+        assert!(w.restrict(&masked, 0o600).is_err());
+        assert_eq!(state(&target).0, 0o644, "the symlink was followed");
+    }
+
+    #[test]
     fn dry_run_writes_only_under_its_own_directory() {
         let root = tempfile::tempdir().unwrap();
         let l = layout(root.path());
