@@ -5,32 +5,15 @@
 //! bad input refused before anything is written. The real kubelet's part is the lab's.
 
 mod common;
-use common::standin::{control_plane_prepare, host_ip, join_cluster as cluster};
+use common::standin::{
+    control_plane_prepare, host_ip, join_cluster as cluster, kubelet_bootstraps,
+};
 use common::*;
-
-use std::time::Duration;
 
 const TOKEN: &str = "abcdef.0123456789abcdef";
 
 fn pin(cluster: &Node) -> String {
     openssl_ca_pin(&cluster.pki().join("ca.crt"))
-}
-
-/// Plays the kubelet's TLS bootstrap: once bootstrap-kubelet.conf appears, writes kubelet.conf
-/// (the cluster's admin credentials stand in for the kubelet's certificate).
-fn kubelet_bootstraps(worker: &Node, cluster: &Node) -> std::thread::JoinHandle<()> {
-    let dir = worker.kubernetes_dir();
-    let admin = std::fs::read(cluster.kubernetes_dir().join("admin.conf")).unwrap();
-    std::thread::spawn(move || {
-        for _ in 0..200 {
-            if dir.join("bootstrap-kubelet.conf").exists() {
-                std::thread::sleep(Duration::from_millis(300));
-                std::fs::write(dir.join("kubelet.conf"), &admin).unwrap();
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    })
 }
 
 /// A worker's join of node `w1` (preflight skipped: this host has no kubelet or runtime).

@@ -56,6 +56,12 @@ impl Layout {
         }
     }
 
+    /// The directory the node's `etc/kubernetes` sits in (`/` on a real node): the root of the
+    /// host paths kubeforge does not lay out itself (systemd's units).
+    pub fn host_root(&self) -> &Path {
+        host_root(&self.kubernetes_dir)
+    }
+
     /// The host writer's journal of every path it created.
     pub fn journal(&self) -> PathBuf {
         self.backup_dir.join("kubeforge-journal")

@@ -515,6 +515,33 @@ impl HostWriter {
         }
     }
 
+    /// Gives a file kubeforge did not write (a package's) owner root:root, no ACL and `mode`,
+    /// its content untouched and nothing journaled: Unchanged when it has them already,
+    /// WouldWrite (and nothing changes) in a dry-run. A symlink is refused, never followed.
+    pub fn restrict(&mut self, path: &Path, mode: u32) -> Result<Outcome> {
+        if self.preview {
+            bail!("{} is not changed: this run only previews", path.display());
+        }
+        let meta =
+            fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        if !meta.file_type().is_file() {
+            bail!("{} is not a regular file: left as it is", path.display());
+        }
+        let root = Ids {
+            uid: 0,
+            gid: 0,
+            readers: Vec::new(),
+        };
+        if access_matches(path, mode, &root, false)? {
+            return Ok(Outcome::Unchanged);
+        }
+        if self.dry_run_root.is_some() {
+            return Ok(Outcome::WouldWrite);
+        }
+        fix_access(path, mode, &root, false)?;
+        Ok(Outcome::ModeFixed)
+    }
+
     /// This run's backup directory, `<kubernetes-dir>/tmp/kubeforge-backup-<time>`: made and
     /// journaled on first use, and then the runs before it beyond the newest `KEEP_RUNS - 1` are
     /// removed. Everything the run replaces is kept here, and what it saves beside (an etcd
@@ -978,6 +1005,51 @@ mod tests {
             assert_eq!((meta.uid(), meta.gid()), (nobody.uid, nobody.gid), "{p:?}");
         }
         assert_eq!(fs::metadata(&data).unwrap().mode() & 0o7777, 0o700);
+    }
+
+    #[test]
+    fn restrict_fixes_mode_and_owner_in_place_and_never_follows_a_symlink() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        let l = layout(root.path());
+        let unit = root.path().join("kubelet.service");
+        fs::write(&unit, "[Service]\n").unwrap();
+        fs::set_permissions(&unit, fs::Permissions::from_mode(0o644)).unwrap();
+        let nobody = accounts::lookup("nobody")
+            .unwrap()
+            .expect("Debian's nobody");
+        chown(&unit, nobody.uid, nobody.gid).unwrap();
+        let state = |p: &Path| {
+            let m = fs::metadata(p).unwrap();
+            (
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid(),
+                m.ctime(),
+                m.ctime_nsec(),
+            )
+        };
+        let before = state(&unit);
+        let mut dry = HostWriter::open(&l, true).unwrap();
+        assert_eq!(dry.restrict(&unit, 0o600).unwrap(), Outcome::WouldWrite);
+        assert_eq!(state(&unit), before, "a dry-run changed it");
+        fs::remove_dir_all(dry.dry_run_dir().unwrap()).unwrap();
+        let mut w = HostWriter::open(&l, false).unwrap();
+        assert_eq!(w.restrict(&unit, 0o600).unwrap(), Outcome::ModeFixed);
+        let after = state(&unit);
+        assert_eq!((after.0, after.1, after.2), (0o600, 0, 0));
+        assert_eq!(w.restrict(&unit, 0o600).unwrap(), Outcome::Unchanged);
+        assert_eq!(state(&unit), after);
+        assert_eq!(fs::read_to_string(&unit).unwrap(), "[Service]\n");
+        assert!(!journal_entries(&l).unwrap().contains(&unit));
+
+        let target = root.path().join("target");
+        fs::write(&target, "x").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
+        let masked = root.path().join("masked.service");
+        std::os::unix::fs::symlink(&target, &masked).unwrap();
+        assert!(w.restrict(&masked, 0o600).is_err());
+        assert_eq!(state(&target).0, 0o644, "the symlink was followed");
     }
 
     #[test]

@@ -444,7 +444,8 @@ pub(super) fn write_endpoint_files(
     Ok(())
 }
 
-/// The kubelet's files, then the kubelet (re)started.
+/// The kubelet's files, its unit files restricted to root (profile hardened), then the kubelet
+/// (re)started.
 pub(super) fn write_kubelet_files_and_start(env: &mut Env) -> Result<()> {
     let dir = env.layout.kubelet_dir.clone();
     env.writer.ensure_dir(&dir, 0o700)?;
@@ -461,6 +462,10 @@ pub(super) fn write_kubelet_files_and_start(env: &mut Env) -> Result<()> {
         );
         let file = File::new(path, content, crate::kubelet::file_mode(&env.cfg));
         changed |= !matches!(env.write("kubelet-start", &file)?, Outcome::Unchanged);
+    }
+    if env.cfg.security.hardened() {
+        let root = env.layout.host_root().to_path_buf();
+        crate::kubelet::service::restrict_unit_files(&mut env.writer, &env.out, &root)?;
     }
     env.effects().start_kubelet(env, changed)
 }

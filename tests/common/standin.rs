@@ -178,3 +178,20 @@ pub fn control_plane_prepare(endpoint: &str, pin: &str, key: &str) -> Vec<String
     .map(|a| a.to_string())
     .collect()
 }
+
+/// Plays the kubelet's TLS bootstrap: once bootstrap-kubelet.conf appears, writes kubelet.conf
+/// (the cluster's admin credentials stand in for the kubelet's certificate).
+pub fn kubelet_bootstraps(worker: &Node, cluster: &Node) -> std::thread::JoinHandle<()> {
+    let dir = worker.kubernetes_dir();
+    let admin = std::fs::read(cluster.kubernetes_dir().join("admin.conf")).unwrap();
+    std::thread::spawn(move || {
+        for _ in 0..200 {
+            if dir.join("bootstrap-kubelet.conf").exists() {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                std::fs::write(dir.join("kubelet.conf"), &admin).unwrap();
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    })
+}

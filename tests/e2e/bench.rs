@@ -21,13 +21,6 @@ pub const SECOND_CONTROL_PLANE: &str = "master,controlplane,node";
 
 const AUDIT_LOG_DIR: &str = "/var/log/kubernetes/audit";
 
-/// The kubelet service files 4.1.1 may stat; the e2e host runs its kubelets without systemd.
-const KUBELET_SERVICE_FILES: [&str; 3] = [
-    "/etc/systemd/system/kubelet.service.d/10-kubeadm.conf",
-    "/etc/systemd/system/kubelet.service",
-    "/lib/systemd/system/kubelet.service",
-];
-
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/kube_bench.py")
 }
@@ -96,29 +89,44 @@ fn print_tally(label: &str, targets: &str, report: &serde_json::Value) {
     }
 }
 
-/// No scored check of `targets` fails on this host (`node` None) or node 2. 4.1.1 (the kubelet
-/// service file's mode) has no file to look at on a host without one: it is named, not counted.
+/// No scored check of `targets` fails on this host (`node` None) or node 2. The kubelet's unit
+/// files the harness installed as the packages do (tests/e2e/harness.rs) are there: 4.1.1 and
+/// 4.1.2 stat the one that starts the kubelet.
 pub fn assert_cis_benchmark_passes(label: &str, node: Option<&ExtraNode>, targets: &str) {
+    assert!(
+        Path::new(harness::KUBELET_UNIT).is_file(),
+        "no {}: 4.1.1 would have no file to stat",
+        harness::KUBELET_UNIT
+    );
     let Some(report) = evaluate(node, targets) else {
         return;
     };
     print_tally(label, targets, &report);
-    let no_service_file = KUBELET_SERVICE_FILES.iter().all(|f| !Path::new(f).exists());
     let failed: Vec<&str> = report["results"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|r| r["status"] == "FAIL" && r["scored"] == true)
         .map(|r| r["test_number"].as_str().unwrap())
-        .filter(|id| !(*id == "4.1.1" && no_service_file))
         .collect();
-    if no_service_file && targets.contains("node") {
-        println!("  4.1.1 not counted: no kubelet service file exists on this host (no systemd)");
-    }
     assert!(
         failed.is_empty(),
         "scored CIS 1.12 checks fail on {label}: {failed:?}"
     );
+}
+
+/// After a hardened init: the kubelet's unit files the harness installed at 0644 are root:root
+/// 0600 (CIS 4.1.1, 4.1.2), each named in the run's output.
+pub fn assert_kubelet_units_restricted(run: &harness::Run) {
+    use std::os::unix::fs::MetadataExt;
+    let text = run.text();
+    for unit in [harness::KUBELET_UNIT, harness::KUBEADM_DROP_IN] {
+        let meta = std::fs::metadata(unit).unwrap_or_else(|e| panic!("{unit}: {e}"));
+        let state = (meta.mode() & 0o7777, meta.uid(), meta.gid());
+        assert_eq!(state, (0o600, 0, 0), "{unit}: mode, owner, group");
+        let named = format!("Restricted the kubelet unit file {unit:?}");
+        assert!(text.contains(&named), "init did not say {named}:\n{text}");
+    }
 }
 
 /// The tally only (kubeadm's own cluster, the figure beside kubeforge's).

@@ -1,8 +1,9 @@
 //! The real node the e2e scenarios run on: prerequisites, a kubelet supervised the way systemd
 //! would run it, and the clean-up that leaves the node as it was.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -194,8 +195,183 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Runs the kubelet as kubeadm's systemd drop-in would: once config.yaml exists, with
-/// `$KUBELET_KUBEADM_ARGS` from kubeadm-flags.env, restarted 2 s after it exits.
+/// Where the kubelet and kubeadm packages (pkgs.k8s.io) put kubelet.service and its drop-in.
+pub const KUBELET_UNIT: &str = "/usr/lib/systemd/system/kubelet.service";
+pub const KUBEADM_DROP_IN: &str = "/usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf";
+/// The first line of the kubelet.service this harness installs (a package's has none).
+const UNIT_MARK: &str = "# kubeforge's e2e harness: the kubelet package's unit, for one scenario";
+
+/// The kubelet package's kubelet.service, running `kubelet`.
+fn kubelet_unit(kubelet: &Path) -> String {
+    format!(
+        "{UNIT_MARK}
+[Unit]
+Description=kubelet: The Kubernetes Node Agent
+Documentation=https://kubernetes.io/docs/
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+ExecStart={}
+Restart=always
+StartLimitInterval=0
+RestartSec=10
+
+[Install]
+WantedBy=multi-user.target
+",
+        kubelet.display()
+    )
+}
+
+/// The packages' part: kubelet.service and kubeadm's drop-in (kubeforge's copy of it) installed
+/// at 0644, as dpkg leaves them; what kube-bench's 4.1.1 stats and what the `Supervisor` reads.
+/// A unit this harness did not write is a package's: the suite refuses to replace it. The
+/// directories made, for `remove_kubelet_units`.
+fn install_kubelet_units(kubelet: &Path) -> Vec<PathBuf> {
+    let drop_in = kubeforge::kubelet::service::DROP_IN;
+    let mut made = Vec::new();
+    for (path, text) in [
+        (KUBELET_UNIT, kubelet_unit(kubelet)),
+        (KUBEADM_DROP_IN, drop_in.into()),
+    ] {
+        let path = Path::new(path);
+        let ours = |old: &str| old == text || old.starts_with(UNIT_MARK);
+        if let Ok(old) = std::fs::read_to_string(path) {
+            assert!(ours(&old), "{} is a package's (the suite installs its own): remove the kubelet and kubeadm packages from this host", path.display());
+        }
+        let missing = path.ancestors().skip(1).take_while(|d| !d.exists());
+        made.extend(missing.map(Path::to_path_buf));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, &text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    made
+}
+
+/// The units `install_kubelet_units` wrote, and the directories it made, removed.
+fn remove_kubelet_units(made: &[PathBuf]) {
+    for path in [KUBEADM_DROP_IN, KUBELET_UNIT] {
+        let _ = std::fs::remove_file(path);
+    }
+    let mut made = made.to_vec();
+    made.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for dir in made {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+/// kubelet.service and its drop-ins as systemd loads them (systemd.unit(5)): the unit from /etc
+/// or else /usr/lib, then the `*.conf` drop-ins of both by file name, /etc's of a name winning.
+fn kubelet_unit_texts() -> Vec<String> {
+    let dirs = ["/etc/systemd/system", "/usr/lib/systemd/system"];
+    let unit = dirs
+        .iter()
+        .find_map(|d| std::fs::read_to_string(Path::new(d).join("kubelet.service")).ok());
+    let mut drop_ins = BTreeMap::new();
+    for dir in dirs.iter().rev() {
+        let entries = std::fs::read_dir(Path::new(dir).join("kubelet.service.d"));
+        for e in entries.into_iter().flatten().flatten() {
+            if e.path().extension().is_some_and(|x| x == "conf") {
+                drop_ins.insert(e.file_name(), e.path());
+            }
+        }
+    }
+    let drop_ins = drop_ins
+        .values()
+        .filter_map(|p| std::fs::read_to_string(p).ok());
+    unit.into_iter().chain(drop_ins).collect()
+}
+
+/// Words as systemd splits a unit's value: at whitespace, double quotes keeping a word whole.
+fn unit_words(value: &str) -> Vec<String> {
+    let (mut words, mut word, mut quoted, mut started) = (Vec::new(), String::new(), false, false);
+    for c in value.chars() {
+        match c {
+            '"' => (quoted, started) = (!quoted, true),
+            c if c.is_whitespace() && !quoted => {
+                if started {
+                    words.push(std::mem::take(&mut word));
+                }
+                started = false;
+            }
+            c => {
+                word.push(c);
+                started = true;
+            }
+        }
+    }
+    if started {
+        words.push(word);
+    }
+    words
+}
+
+/// The command line systemd starts from these unit texts (systemd.service(5), only what the
+/// kubelet's units use): the last non-empty `ExecStart=` of their [Service] sections, a `$VAR`
+/// word replaced by the variable's value split at whitespace, `${VAR}` by the value as is; the
+/// variables from `Environment="K=V"`, overridden by the `EnvironmentFile=` files' KEY=VALUE
+/// lines (`-path`: an optional file), each file read through `read`.
+pub fn exec_start(units: &[String], read: &dyn Fn(&Path) -> Option<String>) -> Vec<String> {
+    let (mut exec, mut env, mut files) = (Vec::new(), BTreeMap::new(), Vec::new());
+    for text in units {
+        let mut service = false;
+        for line in text.lines().map(str::trim) {
+            if line.starts_with('[') {
+                service = line == "[Service]";
+            }
+            let Some((key, value)) = line.split_once('=').filter(|_| service) else {
+                continue;
+            };
+            match key.trim() {
+                "ExecStart" if value.trim().is_empty() => exec.clear(),
+                "ExecStart" => exec = unit_words(value),
+                "Environment" => env.extend(unit_words(value).iter().filter_map(|w| {
+                    w.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                })),
+                "EnvironmentFile" => files.push(value.trim().to_string()),
+                _ => {}
+            }
+        }
+    }
+    for file in files {
+        let text = read(Path::new(file.trim_start_matches('-'))).unwrap_or_default();
+        for line in text.lines().map(str::trim).filter(|l| !l.starts_with('#')) {
+            if let Some((k, v)) = line.split_once('=') {
+                env.insert(k.trim().to_string(), v.trim().trim_matches('"').to_string());
+            }
+        }
+    }
+    let value = |name: &str| env.get(name).cloned().unwrap_or_default();
+    let mut argv = Vec::new();
+    for word in exec {
+        match word.strip_prefix('$').filter(|n| !n.starts_with('{')) {
+            Some(name) => argv.extend(value(name).split_whitespace().map(String::from)),
+            None => argv.push(expand_braced(&word, &value)),
+        }
+    }
+    argv
+}
+
+/// `word` with each `${NAME}` replaced by the variable's value.
+fn expand_braced(word: &str, value: &dyn Fn(&str) -> String) -> String {
+    let mut out = String::new();
+    let mut rest = word;
+    while let Some((before, after)) = rest.split_once("${") {
+        let Some((name, tail)) = after.split_once('}') else {
+            break;
+        };
+        out += before;
+        out += &value(name);
+        rest = tail;
+    }
+    out + rest
+}
+
+/// Runs the kubelet as systemd would from kubelet.service and its drop-ins (`exec_start`; the
+/// packages' program, /usr/bin/kubelet, is the harness's kubelet binary): once config.yaml
+/// exists, the `EnvironmentFile=`s read at each start, restarted 2 s after it exits.
 pub struct Supervisor {
     stop: Arc<AtomicBool>,
     child: Arc<Mutex<Option<Child>>>,
@@ -231,6 +407,13 @@ impl Supervisor {
             kubelet_dir.to_path_buf(),
         );
         let (wrap, extra) = (wrap.to_vec(), extra.to_vec());
+        let units = kubelet_unit_texts();
+        assert!(
+            exec_start(&units, &|_| None)
+                .first()
+                .is_some_and(|program| program.ends_with("/kubelet")),
+            "no kubelet ExecStart= in kubelet.service or its drop-ins (Scenario::start installs them)"
+        );
         let (stop2, child2) = (stop.clone(), child.clone());
         let thread = std::thread::spawn(move || {
             let config = dir.join("config.yaml");
@@ -239,13 +422,14 @@ impl Supervisor {
                     std::thread::sleep(Duration::from_millis(100));
                     continue;
                 }
-                let flags =
-                    std::fs::read_to_string(dir.join("kubeadm-flags.env")).unwrap_or_default();
-                let args = flags
-                    .lines()
-                    .find_map(|l| l.strip_prefix("KUBELET_KUBEADM_ARGS="))
-                    .map(|v| v.trim_matches('"').to_string())
-                    .unwrap_or_default();
+                // The kubelet's directory is at `dir` here, at /var/lib/kubelet where it runs.
+                let read = |p: &Path| {
+                    let here = p
+                        .strip_prefix(KUBELET_DIR)
+                        .map_or(p.into(), |r| dir.join(r));
+                    std::fs::read_to_string(here).ok()
+                };
+                let argv = exec_start(&units, &read);
                 let out = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
@@ -260,12 +444,7 @@ impl Supervisor {
                     None => Command::new(&kubelet),
                 };
                 let spawned = command
-                    .arg(format!(
-                        "--bootstrap-kubeconfig={KUBERNETES_DIR}/bootstrap-kubelet.conf"
-                    ))
-                    .arg(format!("--kubeconfig={KUBERNETES_DIR}/kubelet.conf"))
-                    .arg(format!("--config={KUBELET_DIR}/config.yaml"))
-                    .args(args.split_whitespace())
+                    .args(&argv[1..])
                     .args(&extra)
                     .stdout(out.try_clone().unwrap())
                     .stderr(out)
@@ -474,17 +653,21 @@ pub struct Scenario {
     pub host: Host,
     pub kubelet: Supervisor,
     chains_before: BTreeSet<(String, String)>,
+    /// The directories `install_kubelet_units` made.
+    unit_dirs_made: Vec<PathBuf>,
 }
 
 impl Scenario {
     pub fn start() -> Scenario {
         let host = Host::discover();
         let chains_before = iptables_chains();
+        let unit_dirs_made = install_kubelet_units(&host.kubelet);
         let kubelet = Supervisor::start(&host);
         Scenario {
             host,
             kubelet,
             chains_before,
+            unit_dirs_made,
         }
     }
 
@@ -512,6 +695,7 @@ impl Drop for Scenario {
             eprintln!("kubeforge reset failed:\n{}", reset.text());
         }
         self.kubelet.stop();
+        remove_kubelet_units(&self.unit_dirs_made);
         for pod in self
             .crictl(&["pods", "-q", "--namespace", "kube-system"])
             .lines()
@@ -567,5 +751,45 @@ impl Drop for Scenario {
         if !left.is_empty() && !std::thread::panicking() {
             panic!("the node is not clean after the scenario: {left:?} still hold files");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The packages' units give the kubelet the command line the harness gave it before it read
+    /// them (kubeadm's drop-in's flags, kubeadm-flags.env's, the operator's /etc/default/kubelet);
+    /// `${VAR}` stays one word, an empty `ExecStart=` resets, a missing optional file is nothing.
+    #[test]
+    fn exec_start_expands_the_units_like_systemd() {
+        let units = [
+            kubelet_unit(Path::new("/opt/bin/kubelet")),
+            kubeforge::kubelet::service::DROP_IN.to_string(),
+        ];
+        let flags = "KUBELET_KUBEADM_ARGS=\"--container-runtime-endpoint=unix:///run/c.sock --node-ip=192.0.2.2\"\n";
+        let read = |p: &Path| match p.to_str().unwrap() {
+            "/var/lib/kubelet/kubeadm-flags.env" => Some(flags.to_string()),
+            "/etc/default/kubelet" => Some("# the operator's\nKUBELET_EXTRA_ARGS=--v=2\n".into()),
+            _ => None,
+        };
+        assert_eq!(
+            exec_start(&units, &read),
+            [
+                "/usr/bin/kubelet",
+                "--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf",
+                "--kubeconfig=/etc/kubernetes/kubelet.conf",
+                "--config=/var/lib/kubelet/config.yaml",
+                "--container-runtime-endpoint=unix:///run/c.sock",
+                "--node-ip=192.0.2.2",
+                "--v=2",
+            ]
+        );
+        assert_eq!(exec_start(&units[..1], &read), ["/opt/bin/kubelet"]);
+        let braced = "[Service]\nEnvironment=\"A=x y\" B=z\nExecStart=\nExecStart=/k --a=${A} $B $UNSET ${UNSET}\n";
+        let with = [units[0].clone(), braced.to_string()];
+        assert_eq!(exec_start(&with, &|_| None), ["/k", "--a=x y", "z", ""]);
+        let reset = [units[0].clone(), "[Service]\nExecStart=\n".to_string()];
+        assert!(exec_start(&reset, &|_| None).is_empty());
     }
 }

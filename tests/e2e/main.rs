@@ -152,14 +152,17 @@ fn assert_control_plane_ready(s: &Scenario) {
     assert_eq!(binding["roleRef"]["name"], "cluster-admin");
 }
 
-/// Every file kubeforge manages on the node: path → (bytes, mtime, mode).
+/// Every file kubeforge manages on the node, and the kubelet's unit files: path → (bytes, mtime,
+/// mode).
 fn node_files() -> BTreeMap<std::path::PathBuf, (Vec<u8>, std::time::SystemTime, u32)> {
     let mut files = BTreeMap::new();
     if Path::new(KUBERNETES_DIR).exists() {
         files = common::snapshot(Path::new(KUBERNETES_DIR));
     }
-    for f in ["config.yaml", "instance-config.yaml", "kubeadm-flags.env"] {
-        let p = Path::new(KUBELET_DIR).join(f);
+    let kubelet_files = ["config.yaml", "instance-config.yaml", "kubeadm-flags.env"]
+        .map(|f| Path::new(KUBELET_DIR).join(f));
+    let units = [harness::KUBELET_UNIT, harness::KUBEADM_DROP_IN].map(std::path::PathBuf::from);
+    for p in kubelet_files.into_iter().chain(units) {
         if let Ok(m) = std::fs::metadata(&p) {
             use std::os::unix::fs::PermissionsExt;
             files.insert(
@@ -356,6 +359,7 @@ fn init_brings_up_the_control_plane_and_a_rerun_changes_nothing() {
     rootless::assert_runs_rootless(&s);
     assert_cluster_bootstrapped(&s, &run);
     bench::assert_cis_benchmark_passes("kubeforge init", None, bench::CONTROL_PLANE);
+    bench::assert_kubelet_units_restricted(&run);
     bench::assert_audit_log_written(&s);
     assert_the_signer_keeps_kubeforges_signature(&s, &run);
     serving::check_after_init(&s);
