@@ -105,3 +105,70 @@ fn the_approver_approves_the_matching_csr_once_and_leaves_the_others_pending() {
         "{log}"
     );
 }
+
+/// In its pod the approver is PID 1, whose signals the kernel drops unless it handles them: it
+/// must exit on SIGTERM, or every restart, reset or upgrade of its pod waits out the 30 s grace
+/// period. Run as PID 1 of a new PID namespace (`unshare --pid --fork`), against an API server
+/// that is not there, it exits within 3 s of a SIGTERM from outside.
+#[test]
+fn the_approver_as_pid_1_exits_on_sigterm() {
+    require_tool("unshare");
+    let node = Node::new();
+    std::fs::write(
+        node.config_path(),
+        format!(
+            "apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\nlocalAPIEndpoint:\n  advertiseAddress: {ip}\n  bindPort: {port}\nnodeRegistration:\n  name: cp1\n---\napiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nkubernetesVersion: v1.35.6\nencryptionAlgorithm: ECDSA-P256\ncertificatesDir: {pki}\n",
+            ip = host_ip(),
+            port = free_port(),
+            pki = node.pki().display()
+        ),
+    )
+    .unwrap();
+    let cfg = node.config_path();
+    for phase in ["certs", "kubeconfig"] {
+        node.run_ok(&["init", "phase", phase, "--config", cfg.to_str().unwrap()]);
+    }
+    let mut unshare = Command::new("unshare")
+        .args([
+            "--pid",
+            "--fork",
+            BIN,
+            "approver",
+            "--interval-seconds",
+            "1",
+        ])
+        .arg("--kubeconfig")
+        .arg(node.kubernetes_dir().join("admin.conf"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let children = format!("/proc/{0}/task/{0}/children", unshare.id());
+    let start = Instant::now();
+    let pid1 = loop {
+        let text = std::fs::read_to_string(&children).unwrap_or_default();
+        if let Some(pid) = text.split_whitespace().next() {
+            break pid.parse::<i32>().unwrap();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no child of unshare"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Past start-up, into its loop (the first pass fails: nothing listens).
+    std::thread::sleep(Duration::from_millis(1500));
+    let signal = |sig: &str| {
+        let _ = Command::new("kill").args([sig, &pid1.to_string()]).status();
+    };
+    signal("-TERM");
+    let sent = Instant::now();
+    while unshare.try_wait().unwrap().is_none() && sent.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let exited = unshare.try_wait().unwrap().is_some();
+    if !exited {
+        signal("-KILL");
+        let _ = unshare.wait();
+    }
+    assert!(exited, "the approver as PID 1 ignored SIGTERM");
+}

@@ -288,6 +288,28 @@ fn version(out: Output) {
     }
 }
 
+/// For the loops that run as their container's PID 1 (the approver, the endpoint sync): the
+/// kernel ignores a signal PID 1 has no handler for, so without one every stop of their pod
+/// (a restart, a reset, an upgrade) waits out its grace period before SIGKILL. They hold no
+/// state a sudden exit could break.
+fn exit_on_sigterm() {
+    extern "C" fn exit_now(_: nix::libc::c_int) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { nix::libc::_exit(0) }
+    }
+    let action = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(exit_now),
+        nix::sys::signal::SaFlags::empty(),
+        nix::sys::signal::SigSet::empty(),
+    );
+    for signal in [nix::sys::signal::SIGTERM, nix::sys::signal::SIGINT] {
+        // SAFETY: the handler only calls _exit.
+        if let Err(e) = unsafe { nix::sys::signal::sigaction(signal, &action) } {
+            tracing::warn!("no handler for {signal}: a stop waits out its grace period ({e})");
+        }
+    }
+}
+
 fn approver(args: ApproverArgs) -> Result<()> {
     let interval = std::time::Duration::from_secs(args.interval_seconds.max(1));
     if let Some(path) = &args.check_heartbeat {
@@ -297,6 +319,7 @@ fn approver(args: ApproverArgs) -> Result<()> {
             interval * 6 + interval.max(std::time::Duration::from_secs(60)),
         );
     }
+    exit_on_sigterm();
     crate::block_on(crate::kubelet::approver::run(
         &args.kubeconfig,
         interval,
@@ -315,6 +338,9 @@ fn endpoint(command: EndpointCommand) -> Result<()> {
         interval_seconds,
         once,
     } = command;
+    if !once {
+        exit_on_sigterm();
+    }
     crate::endpoint::sync::run(&crate::endpoint::sync::SyncOptions {
         dir,
         ca,

@@ -442,6 +442,8 @@ fn ha_endpoint_survives_losing_node_one() {
     crate::common::require_tool("etcdctl");
     crate::common::require_tool("curl");
     let host = Host::discover();
+    // Every node's kubelet starts from the packages' units, as in the other scenarios.
+    let _units = harness::KubeletUnits::install(&host.kubelet);
     let (mut nodes, _) = build_cluster(&host, &[]);
     let admin = nodes[0].path(&format!("{KUBERNETES_DIR}/admin.conf"));
     until("the endpoint answers", Duration::from_secs(60), || {
@@ -611,6 +613,8 @@ fn ha_endpoint_serves_through_a_reset_and_a_join() {
     crate::common::require_tool("etcdctl");
     crate::common::require_tool("curl");
     let host = Host::discover();
+    // Every node's kubelet starts from the packages' units, as in the other scenarios.
+    let _units = harness::KubeletUnits::install(&host.kubelet);
     let (nodes, keys) = build_cluster(&host, &[]);
     let admin = nodes[0].path(&format!("{KUBERNETES_DIR}/admin.conf"));
     until("the endpoint answers", Duration::from_secs(60), || {
@@ -709,6 +713,8 @@ fn ha_endpoint_carries_an_upgrade_and_a_certificate_renewal() {
     }
     crate::common::require_tool("curl");
     let host = Host::discover();
+    // Every node's kubelet starts from the packages' units, as in the other scenarios.
+    let _units = harness::KubeletUnits::install(&host.kubelet);
     let t = crate::upgrade::target();
     let version = t.version.clone();
     let (nodes, _) = build_cluster(&host, &crate::upgrade::upgrade_images());

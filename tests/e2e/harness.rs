@@ -226,8 +226,26 @@ WantedBy=multi-user.target
 
 /// The packages' part: kubelet.service and kubeadm's drop-in (kubeforge's copy of it) installed
 /// at 0644, as dpkg leaves them; what kube-bench's 4.1.1 stats and what the `Supervisor` reads.
-/// A unit this harness did not write is a package's: the suite refuses to replace it. The
-/// directories made, for `remove_kubelet_units`.
+/// A unit this harness did not write is a package's: the suite refuses to replace it. Removed
+/// again, with the directories made for them, when dropped.
+pub struct KubeletUnits {
+    dirs_made: Vec<PathBuf>,
+}
+
+impl KubeletUnits {
+    pub fn install(kubelet: &Path) -> KubeletUnits {
+        KubeletUnits {
+            dirs_made: install_kubelet_units(kubelet),
+        }
+    }
+}
+
+impl Drop for KubeletUnits {
+    fn drop(&mut self) {
+        remove_kubelet_units(&self.dirs_made);
+    }
+}
+
 fn install_kubelet_units(kubelet: &Path) -> Vec<PathBuf> {
     let drop_in = kubeforge::kubelet::service::DROP_IN;
     let mut made = Vec::new();
@@ -653,21 +671,21 @@ pub struct Scenario {
     pub host: Host,
     pub kubelet: Supervisor,
     chains_before: BTreeSet<(String, String)>,
-    /// The directories `install_kubelet_units` made.
-    unit_dirs_made: Vec<PathBuf>,
+    /// Dropped after the reset and the kubelet's stop.
+    _units: KubeletUnits,
 }
 
 impl Scenario {
     pub fn start() -> Scenario {
         let host = Host::discover();
         let chains_before = iptables_chains();
-        let unit_dirs_made = install_kubelet_units(&host.kubelet);
+        let units = KubeletUnits::install(&host.kubelet);
         let kubelet = Supervisor::start(&host);
         Scenario {
             host,
             kubelet,
             chains_before,
-            unit_dirs_made,
+            _units: units,
         }
     }
 
@@ -695,7 +713,6 @@ impl Drop for Scenario {
             eprintln!("kubeforge reset failed:\n{}", reset.text());
         }
         self.kubelet.stop();
-        remove_kubelet_units(&self.unit_dirs_made);
         for pod in self
             .crictl(&["pods", "-q", "--namespace", "kube-system"])
             .lines()
