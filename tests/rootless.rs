@@ -1,7 +1,8 @@
 //! Non-root components (docs/security.md, "Non-root components"): a hardened init leaves every
-//! file under the PKI root:root, gives etcd's and kube-apiserver's accounts read on exactly the
-//! keys they open through ACL entries (read back with `getfacl`), hands etcd its data directory,
-//! and renders the securityContexts; Debian's real etcd, run as the `etcd` user with `setpriv`,
+//! file under the PKI root:root, gives etcd's, kube-apiserver's and kube-controller-manager's
+//! accounts read on exactly the keys they open through ACL entries (read back with `getfacl`),
+//! hands etcd its data directory, and renders the securityContexts (kube-controller-manager and
+//! kube-scheduler started through `kubeforge exec-as` as their accounts, tests/launcher.rs); Debian's real etcd, run as the `etcd` user with `setpriv`,
 //! serves with those keys while another non-root user cannot read them; a re-run puts a lost
 //! ACL or owner back; reset removes the account kubeforge made and never `etcd`.
 
@@ -16,14 +17,29 @@ use std::time::{Duration, Instant};
 static ACCOUNTS: Mutex<()> = Mutex::new(());
 
 const ETCD_KEYS: [&str; 2] = ["etcd/server.key", "etcd/peer.key"];
-const APISERVER_FILES: [&str; 6] = [
+const APISERVER_FILES: [&str; 5] = [
     "apiserver.key",
     "apiserver-etcd-client.key",
     "apiserver-kubelet-client.key",
     "front-proxy-client.key",
-    "sa.key",
     "sa.pub",
 ];
+
+/// The named-user entries a hardened node gives the file `rel` under the PKI, sorted.
+fn readers_of(rel: &str) -> Vec<String> {
+    let mut want: Vec<String> = match rel {
+        _ if ETCD_KEYS.contains(&rel) => vec!["etcd:r--".into()],
+        _ if APISERVER_FILES.contains(&rel) => vec!["kube-apiserver:r--".into()],
+        "sa.key" => vec![
+            "kube-apiserver:r--".into(),
+            "kube-controller-manager:r--".into(),
+        ],
+        "ca.key" => vec!["kube-controller-manager:r--".into()],
+        _ => vec![],
+    };
+    want.sort();
+    want
+}
 
 fn init(node: &Node, extra_docs: &str) {
     let cfg = node.write_config("ECDSA-P256", "");
@@ -39,14 +55,16 @@ fn hardened_node() -> (std::sync::MutexGuard<'static, ()>, Node) {
     (turn, node)
 }
 
-/// The named-user entries `getfacl` prints for `path` (`etcd:r--`, …).
+/// The named-user entries `getfacl` prints for `path` (`etcd:r--`, …), sorted.
 fn named_users(path: &Path) -> Vec<String> {
-    tool_ok("getfacl", &["--absolute-names", path.to_str().unwrap()])
+    let mut users: Vec<String> = tool_ok("getfacl", &["--absolute-names", path.to_str().unwrap()])
         .lines()
         .filter_map(|l| l.strip_prefix("user:"))
         .filter(|l| !l.starts_with(':'))
         .map(|l| l.split('\t').next().unwrap().trim().to_string())
-        .collect()
+        .collect();
+    users.sort();
+    users
 }
 
 /// `stat`'s owner:group and octal mode of `path`.
@@ -78,14 +96,7 @@ fn assert_hardened_access(node: &Node) {
             owner.starts_with("root:root "),
             "{rel}: {owner} (CIS 1.1.19)"
         );
-        let want: Vec<String> = if ETCD_KEYS.contains(&rel.as_str()) {
-            vec!["etcd:r--".into()]
-        } else if APISERVER_FILES.contains(&rel.as_str()) {
-            vec!["kube-apiserver:r--".into()]
-        } else {
-            vec![]
-        };
-        assert_eq!(named_users(&file), want, "{rel}");
+        assert_eq!(named_users(&file), readers_of(&rel), "{rel}");
     }
     let data = node.root().join("var/lib/etcd");
     assert_eq!(stat(&data), "etcd:etcd 700", "CIS 1.1.11/1.1.12");
@@ -118,9 +129,16 @@ fn a_hardened_init_gives_each_component_exactly_its_files_and_renders_its_securi
     assert_eq!(id(&["-gn", "etcd"]), "etcd");
     for component in ["kube-controller-manager", "kube-scheduler"] {
         let pod = pod(&node, component);
-        assert!(
-            pod["spec"]["securityContext"]["runAsUser"].is_null(),
-            "{component}: uid 0"
+        let container = &pod["spec"]["containers"][0];
+        assert_eq!(container["securityContext"]["runAsUser"], 0, "{component}");
+        assert_eq!(container["command"][1], "exec-as", "{component}");
+        assert_eq!(
+            container["command"][2],
+            format!("--uid={}", id(&["-u", component])),
+        );
+        assert_eq!(
+            container["command"][3],
+            format!("--gid={}", id(&["-g", component])),
         );
     }
     for component in [
@@ -136,11 +154,12 @@ fn a_hardened_init_gives_each_component_exactly_its_files_and_renders_its_securi
             serde_json::json!(["ALL"]),
             "{component}"
         );
-        // kube-apiserver's binary has the file capability: exec needs it in the bounding set.
-        let add = if component == "kube-apiserver" {
-            serde_json::json!(["NET_BIND_SERVICE"])
-        } else {
-            serde_json::Value::Null
+        // kube-apiserver's binary has the file capability: exec needs it in the bounding set;
+        // `exec-as` needs SETUID and SETGID to become the account.
+        let add = match component {
+            "kube-apiserver" => serde_json::json!(["NET_BIND_SERVICE"]),
+            "etcd" => serde_json::Value::Null,
+            _ => serde_json::json!(["SETUID", "SETGID"]),
         };
         assert_eq!(sc["capabilities"]["add"], add, "{component}");
     }
@@ -376,19 +395,20 @@ fn a_control_plane_join_gives_the_downloaded_and_its_own_keys_their_readers() {
     let pin = openssl_ca_pin(&cluster_node.pki().join("ca.crt"));
     let args = standin::control_plane_prepare(&endpoint, &pin, &key);
     joiner.run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    for (file, reader) in [
-        ("sa.key", "kube-apiserver:r--"),
-        ("sa.pub", "kube-apiserver:r--"),
-        ("apiserver.key", "kube-apiserver:r--"),
-        ("front-proxy-client.key", "kube-apiserver:r--"),
+    for file in [
+        "sa.key",
+        "sa.pub",
+        "apiserver.key",
+        "front-proxy-client.key",
+        "ca.key",
     ] {
         assert_eq!(
             named_users(&joiner.pki().join(file)),
-            vec![reader.to_string()],
+            readers_of(file),
             "{file}"
         );
     }
-    for file in ["ca.key", "front-proxy-ca.key", "etcd/ca.key"] {
+    for file in ["front-proxy-ca.key", "etcd/ca.key"] {
         assert_eq!(
             named_users(&joiner.pki().join(file)),
             Vec::<String>::new(),
@@ -444,7 +464,8 @@ fn an_init_killed_after_it_made_the_account_leaves_it_recorded_for_reset() {
     let record = node.kubernetes_dir().join("tmp/kubeforge-accounts");
     assert_eq!(
         std::fs::read_to_string(&record).unwrap(),
-        "kube-apiserver\n"
+        "kube-apiserver\n",
+        "the only account missing"
     );
     node.run_ok(&["reset", "--force"]);
     assert!(account_gone("kube-apiserver"), "reset removed the account");
