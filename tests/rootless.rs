@@ -316,18 +316,18 @@ fn account_gone(name: &str) -> bool {
     !run_tool("getent", &["passwd", name]).status.success()
 }
 
-/// This test's turn, and a node on a machine without the `kube-apiserver` account.
+/// This test's turn, and a node on a machine without the `kube-apiserver` and `kube-scheduler`
+/// accounts (the first made with the keys it reads, the second with its manifest).
 fn node_without_the_apiserver_account() -> (std::sync::MutexGuard<'static, ()>, Node) {
     let turn = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
     let node = Node::new();
-    if !account_gone("kube-apiserver") {
-        tool_ok("userdel", &["kube-apiserver"]);
-    }
-    if run_tool("getent", &["group", "kube-apiserver"])
-        .status
-        .success()
-    {
-        tool_ok("groupdel", &["kube-apiserver"]);
+    for name in ["kube-apiserver", "kube-scheduler"] {
+        if !account_gone(name) {
+            tool_ok("userdel", &[name]);
+        }
+        if run_tool("getent", &["group", name]).status.success() {
+            tool_ok("groupdel", &[name]);
+        }
     }
     (turn, node)
 }
@@ -337,6 +337,12 @@ fn node_that_made_the_apiserver_account() -> (std::sync::MutexGuard<'static, ()>
     let (turn, node) = node_without_the_apiserver_account();
     init(&node, "");
     assert!(!account_gone("kube-apiserver"), "init made the account");
+    let scheduler = pod(&node, "kube-scheduler")["spec"]["containers"][0]["command"].clone();
+    assert_eq!(
+        scheduler[2],
+        format!("--uid={}", id(&["-u", "kube-scheduler"])),
+        "the manifest names the IDs init made the account with"
+    );
     (turn, node)
 }
 
@@ -359,8 +365,8 @@ fn reset_removes_the_account_kubeforge_made_and_never_a_preexisting_etcd() {
         "{out}"
     );
     assert!(
-        account_gone("kube-apiserver"),
-        "reset removed the account it made"
+        account_gone("kube-apiserver") && account_gone("kube-scheduler"),
+        "reset removed the accounts it made"
     );
     assert!(!run_tool("getent", &["group", "kube-apiserver"])
         .status
@@ -465,8 +471,9 @@ fn an_init_killed_after_it_made_the_account_leaves_it_recorded_for_reset() {
     assert_eq!(
         std::fs::read_to_string(&record).unwrap(),
         "kube-apiserver\n",
-        "the only account missing"
+        "kube-scheduler's account comes with its manifest, after the certs"
     );
+    assert!(account_gone("kube-scheduler"));
     node.run_ok(&["reset", "--force"]);
     assert!(account_gone("kube-apiserver"), "reset removed the account");
 }
