@@ -65,7 +65,10 @@ fn os_error(what: String) -> anyhow::Error {
 /// A read-only descriptor, kept open across exec, of a sealed memfd holding `path`'s content.
 fn sealed_copy(path: &Path) -> Result<RawFd> {
     let content = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let name = CString::new(format!("kubeforge-exec-as:{}", path.display()))?;
+    // The name shows in /proc/<pid>/fd (at most 249 bytes: the file's name, not its path).
+    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+    let short: String = file_name.chars().take(200).collect();
+    let name = CString::new(format!("kubeforge-exec-as:{short}"))?;
     // SAFETY: `name` is a valid C string; no MFD_CLOEXEC: the component inherits it.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
