@@ -131,3 +131,42 @@ pub fn node_runs_non_root(layout: &Layout) -> bool {
         launched || spec.security_context.and_then(|s| s.run_as_non_root) == Some(true)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout_with_scheduler(command: &[&str]) -> (tempfile::TempDir, Layout) {
+        let dir = tempfile::tempdir().unwrap();
+        let k8s = dir.path().join("etc/kubernetes");
+        let layout = Layout::new(
+            &k8s,
+            &dir.path().join("kubelet"),
+            &k8s.join("pki"),
+            &dir.path().join("etcd"),
+        );
+        std::fs::create_dir_all(&layout.manifests_dir).unwrap();
+        let pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "kube-scheduler"},
+            "spec": {"containers": [{"name": "kube-scheduler", "command": command}]},
+        });
+        let text = serde_yaml::to_string(&pod).unwrap();
+        std::fs::write(layout.manifests_dir.join("kube-scheduler.yaml"), text).unwrap();
+        (dir, layout)
+    }
+
+    #[test]
+    fn a_component_started_through_exec_as_counts_as_non_root() {
+        let launched = [
+            "/usr/local/bin/kubeforge",
+            "exec-as",
+            "--uid=997",
+            "--",
+            "kube-scheduler",
+        ];
+        let (_dir, layout) = layout_with_scheduler(&launched);
+        assert!(node_runs_non_root(&layout));
+        let (_dir, layout) = layout_with_scheduler(&["kube-scheduler", "--v=2"]);
+        assert!(!node_runs_non_root(&layout));
+    }
+}
