@@ -10,10 +10,9 @@ use std::path::{Path, PathBuf};
 use crate::config::Config;
 use crate::node::{Access, HostWriter, Layout};
 
-pub const ETCD_USER: &str = "etcd";
-pub const APISERVER_USER: &str = "kube-apiserver";
-pub const CONTROLLER_MANAGER_USER: &str = "kube-controller-manager";
-pub const SCHEDULER_USER: &str = "kube-scheduler";
+pub use crate::node::accounts::{
+    APISERVER_USER, CONTROLLER_MANAGER_USER, ETCD_USER, SCHEDULER_USER,
+};
 
 /// What kube-apiserver's account needs on a file it reads (an encryption configuration).
 pub fn apiserver_reads() -> Access {

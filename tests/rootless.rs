@@ -346,6 +346,41 @@ fn node_that_made_the_apiserver_account() -> (std::sync::MutexGuard<'static, ()>
     (turn, node)
 }
 
+/// The IDs kube-apiserver's and kube-scheduler's manifests name (`runAsUser`, `exec-as --uid`).
+fn manifest_uids(manifests: &Path) -> (String, String) {
+    let read = |c: &str| -> serde_json::Value {
+        let text = std::fs::read_to_string(manifests.join(format!("{c}.yaml"))).unwrap();
+        serde_yaml::from_str(&text).unwrap()
+    };
+    let apiserver = read("kube-apiserver")["spec"]["securityContext"]["runAsUser"].to_string();
+    let scheduler = read("kube-scheduler")["spec"]["containers"][0]["command"][2].clone();
+    let scheduler = scheduler.as_str().unwrap().trim_start_matches("--uid=");
+    (apiserver, scheduler.to_string())
+}
+
+#[test]
+fn a_dry_run_names_the_ids_init_then_makes_the_missing_accounts_with() {
+    let (_turn, node) = node_without_the_apiserver_account();
+    let cfg = node.write_config("ECDSA-P256", "");
+    let out = node.run_ok(&["init", "--dry-run", "--config", cfg.to_str().unwrap()]);
+    let dry = Path::new(dry_run_dir(&out)).to_path_buf();
+    let planned = manifest_uids(
+        &dry.join(node.kubernetes_dir().strip_prefix("/").unwrap())
+            .join("manifests"),
+    );
+    std::fs::remove_dir_all(&dry).unwrap();
+    assert!(account_gone("kube-apiserver") && account_gone("kube-scheduler"));
+    assert_ne!(planned.0, planned.1, "two missing accounts, two IDs");
+    init(&node, "");
+    let made = (id(&["-u", "kube-apiserver"]), id(&["-u", "kube-scheduler"]));
+    assert_eq!(planned, made);
+    assert_eq!(
+        manifest_uids(&node.kubernetes_dir().join("manifests")),
+        made
+    );
+    node.run_ok(&["reset", "--force"]);
+}
+
 #[test]
 fn reset_removes_the_account_kubeforge_made_and_never_a_preexisting_etcd() {
     let etcd_before = id(&["etcd"]);
