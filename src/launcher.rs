@@ -113,11 +113,6 @@ fn sealed_copy(path: &Path) -> Result<RawFd> {
 fn drop_to(uid: u32, gid: u32) -> Result<()> {
     use nix::unistd::{getgroups, getresgid, getresuid, setgroups, setresgid, setresuid};
     use nix::unistd::{Gid, Uid};
-    if uid == 0 || gid == 0 {
-        bail!(crate::BadInput(format!(
-            "exec-as --uid={uid} --gid={gid}: the account must not be root"
-        )));
-    }
     setgroups(&[]).context("dropping the supplementary groups (setgroups; needs CAP_SETGID)")?;
     let (g, u) = (Gid::from_raw(gid), Uid::from_raw(uid));
     setresgid(g, g, g).with_context(|| format!("setresgid {gid} (needs CAP_SETGID)"))?;
@@ -160,6 +155,12 @@ fn prepare(launch: &Launch) -> Result<Vec<String>> {
     let mut command = launch.command.clone();
     if command.is_empty() {
         bail!(crate::BadInput("exec-as: no command after --".into()));
+    }
+    if launch.uid == 0 || launch.gid == 0 {
+        bail!(crate::BadInput(format!(
+            "exec-as --uid={} --gid={}: the account must not be root",
+            launch.uid, launch.gid
+        )));
     }
     for path in &launch.reads {
         let fd = sealed_copy(path)?;
