@@ -21,6 +21,7 @@ pub mod images;
 pub mod kube;
 pub mod kubeconfig;
 pub mod kubelet;
+pub mod launcher;
 pub mod manifests;
 pub mod node;
 pub mod output;

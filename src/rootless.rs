@@ -1,15 +1,18 @@
 //! The control plane's non-root components (docs/security.md, "Non-root components"): etcd runs
-//! as the account `etcd` and owns its data directory; kube-apiserver runs as `kube-apiserver`.
-//! The files they read stay root:root (CIS 1.1.19) and let them in through a POSIX ACL entry,
-//! which the host writer sets on every write of those paths (`Access`).
+//! as the account `etcd` and owns its data directory; kube-apiserver runs as `kube-apiserver`;
+//! kube-controller-manager and kube-scheduler as theirs, through `kubeforge exec-as`
+//! (`launcher`), which hands them their 0600 root:root kubeconfigs. The files they read stay
+//! root:root (CIS 1.1.19) and let them in through a POSIX ACL entry, which the host writer sets
+//! on every write of those paths (`Access`).
 
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::node::{Access, HostWriter, Layout};
 
-pub const ETCD_USER: &str = "etcd";
-pub const APISERVER_USER: &str = "kube-apiserver";
+pub use crate::node::accounts::{
+    APISERVER_USER, CONTROLLER_MANAGER_USER, ETCD_USER, SCHEDULER_USER,
+};
 
 /// What kube-apiserver's account needs on a file it reads (an encryption configuration).
 pub fn apiserver_reads() -> Access {
@@ -40,10 +43,14 @@ pub fn etcd_owns() -> Access {
 }
 
 fn reads(name: &str) -> Access {
+    readers(&[name])
+}
+
+fn readers(names: &[&str]) -> Access {
     Access {
         mode: KEY_MODE,
         owner: None,
-        readers: vec![name.into()],
+        readers: names.iter().map(|n| n.to_string()).collect(),
     }
 }
 
@@ -65,12 +72,16 @@ pub fn grants(cfg: &Config, layout: &Layout) -> Vec<(PathBuf, Access)> {
         "apiserver.key",
         "apiserver-kubelet-client.key",
         "front-proxy-client.key",
-        "sa.key",
         // Written 0600 like kubeadm's: the API server verifies tokens with it.
         "sa.pub",
     ] {
         out.push((pki.join(key), apiserver_reads()));
     }
+    // kube-controller-manager signs tokens with sa.key and certificates with ca.key, which it
+    // reloads when the file changes: both stay on disk for it, not copied by `exec-as`.
+    let signers = [APISERVER_USER, CONTROLLER_MANAGER_USER];
+    out.push((pki.join("sa.key"), readers(&signers)));
+    out.push((pki.join("ca.key"), reads(CONTROLLER_MANAGER_USER)));
     out.push((layout.audit_policy_file(), apiserver_reads()));
     out.push((layout.audit_log_dir.clone(), apiserver_owns()));
     // `encryption rotate` and `certs renew` read no Security document: the file itself tells.
@@ -91,15 +102,70 @@ pub fn grant_all(writer: &mut HostWriter, cfg: &Config, layout: &Layout, hardene
     }
 }
 
-/// Whether this node's etcd or kube-apiserver manifest runs its pod as non-root: what `certs
-/// renew` (which reads no Security document) keeps.
+/// Whether one of this node's control-plane manifests runs its component as non-root (its pod
+/// `runAsNonRoot`, or its command through `kubeforge exec-as`): what `certs renew` (which reads
+/// no Security document) keeps.
 pub fn node_runs_non_root(layout: &Layout) -> bool {
-    ["etcd.yaml", "kube-apiserver.yaml"].iter().any(|file| {
+    [
+        "etcd.yaml",
+        "kube-apiserver.yaml",
+        "kube-controller-manager.yaml",
+        "kube-scheduler.yaml",
+    ]
+    .iter()
+    .filter_map(|file| {
         let path: &Path = &layout.manifests_dir.join(file);
-        std::fs::read_to_string(path)
-            .ok()
-            .and_then(|text| serde_yaml::from_str::<k8s_openapi::api::core::v1::Pod>(&text).ok())
-            .and_then(|pod| pod.spec?.security_context?.run_as_non_root)
-            .unwrap_or(false)
+        let text = std::fs::read_to_string(path).ok()?;
+        serde_yaml::from_str::<k8s_openapi::api::core::v1::Pod>(&text).ok()
     })
+    .any(|pod| {
+        let Some(spec) = pod.spec else { return false };
+        let launched = spec
+            .containers
+            .first()
+            .and_then(|c| c.command.as_ref())
+            .is_some_and(|command| {
+                command.get(1).map(String::as_str) == Some(crate::launcher::SUBCOMMAND)
+            });
+        launched || spec.security_context.and_then(|s| s.run_as_non_root) == Some(true)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout_with_scheduler(command: &[&str]) -> (tempfile::TempDir, Layout) {
+        let dir = tempfile::tempdir().unwrap();
+        let k8s = dir.path().join("etc/kubernetes");
+        let layout = Layout::new(
+            &k8s,
+            &dir.path().join("kubelet"),
+            &k8s.join("pki"),
+            &dir.path().join("etcd"),
+        );
+        std::fs::create_dir_all(&layout.manifests_dir).unwrap();
+        let pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "kube-scheduler"},
+            "spec": {"containers": [{"name": "kube-scheduler", "command": command}]},
+        });
+        let text = serde_yaml::to_string(&pod).unwrap();
+        std::fs::write(layout.manifests_dir.join("kube-scheduler.yaml"), text).unwrap();
+        (dir, layout)
+    }
+
+    #[test]
+    fn a_component_started_through_exec_as_counts_as_non_root() {
+        let launched = [
+            "/usr/local/bin/kubeforge",
+            "exec-as",
+            "--uid=997",
+            "--",
+            "kube-scheduler",
+        ];
+        let (_dir, layout) = layout_with_scheduler(&launched);
+        assert!(node_runs_non_root(&layout));
+        let (_dir, layout) = layout_with_scheduler(&["kube-scheduler", "--v=2"]);
+        assert!(!node_runs_non_root(&layout));
+    }
 }

@@ -1,7 +1,8 @@
 //! Non-root components (docs/security.md, "Non-root components"): a hardened init leaves every
-//! file under the PKI root:root, gives etcd's and kube-apiserver's accounts read on exactly the
-//! keys they open through ACL entries (read back with `getfacl`), hands etcd its data directory,
-//! and renders the securityContexts; Debian's real etcd, run as the `etcd` user with `setpriv`,
+//! file under the PKI root:root, gives etcd's, kube-apiserver's and kube-controller-manager's
+//! accounts read on exactly the keys they open through ACL entries (read back with `getfacl`),
+//! hands etcd its data directory, and renders the securityContexts (kube-controller-manager and
+//! kube-scheduler started through `kubeforge exec-as` as their accounts, tests/launcher.rs); Debian's real etcd, run as the `etcd` user with `setpriv`,
 //! serves with those keys while another non-root user cannot read them; a re-run puts a lost
 //! ACL or owner back; reset removes the account kubeforge made and never `etcd`.
 
@@ -16,14 +17,29 @@ use std::time::{Duration, Instant};
 static ACCOUNTS: Mutex<()> = Mutex::new(());
 
 const ETCD_KEYS: [&str; 2] = ["etcd/server.key", "etcd/peer.key"];
-const APISERVER_FILES: [&str; 6] = [
+const APISERVER_FILES: [&str; 5] = [
     "apiserver.key",
     "apiserver-etcd-client.key",
     "apiserver-kubelet-client.key",
     "front-proxy-client.key",
-    "sa.key",
     "sa.pub",
 ];
+
+/// The named-user entries a hardened node gives the file `rel` under the PKI, sorted.
+fn readers_of(rel: &str) -> Vec<String> {
+    let mut want: Vec<String> = match rel {
+        _ if ETCD_KEYS.contains(&rel) => vec!["etcd:r--".into()],
+        _ if APISERVER_FILES.contains(&rel) => vec!["kube-apiserver:r--".into()],
+        "sa.key" => vec![
+            "kube-apiserver:r--".into(),
+            "kube-controller-manager:r--".into(),
+        ],
+        "ca.key" => vec!["kube-controller-manager:r--".into()],
+        _ => vec![],
+    };
+    want.sort();
+    want
+}
 
 fn init(node: &Node, extra_docs: &str) {
     let cfg = node.write_config("ECDSA-P256", "");
@@ -39,14 +55,16 @@ fn hardened_node() -> (std::sync::MutexGuard<'static, ()>, Node) {
     (turn, node)
 }
 
-/// The named-user entries `getfacl` prints for `path` (`etcd:r--`, …).
+/// The named-user entries `getfacl` prints for `path` (`etcd:r--`, …), sorted.
 fn named_users(path: &Path) -> Vec<String> {
-    tool_ok("getfacl", &["--absolute-names", path.to_str().unwrap()])
+    let mut users: Vec<String> = tool_ok("getfacl", &["--absolute-names", path.to_str().unwrap()])
         .lines()
         .filter_map(|l| l.strip_prefix("user:"))
         .filter(|l| !l.starts_with(':'))
         .map(|l| l.split('\t').next().unwrap().trim().to_string())
-        .collect()
+        .collect();
+    users.sort();
+    users
 }
 
 /// `stat`'s owner:group and octal mode of `path`.
@@ -78,14 +96,7 @@ fn assert_hardened_access(node: &Node) {
             owner.starts_with("root:root "),
             "{rel}: {owner} (CIS 1.1.19)"
         );
-        let want: Vec<String> = if ETCD_KEYS.contains(&rel.as_str()) {
-            vec!["etcd:r--".into()]
-        } else if APISERVER_FILES.contains(&rel.as_str()) {
-            vec!["kube-apiserver:r--".into()]
-        } else {
-            vec![]
-        };
-        assert_eq!(named_users(&file), want, "{rel}");
+        assert_eq!(named_users(&file), readers_of(&rel), "{rel}");
     }
     let data = node.root().join("var/lib/etcd");
     assert_eq!(stat(&data), "etcd:etcd 700", "CIS 1.1.11/1.1.12");
@@ -118,9 +129,16 @@ fn a_hardened_init_gives_each_component_exactly_its_files_and_renders_its_securi
     assert_eq!(id(&["-gn", "etcd"]), "etcd");
     for component in ["kube-controller-manager", "kube-scheduler"] {
         let pod = pod(&node, component);
-        assert!(
-            pod["spec"]["securityContext"]["runAsUser"].is_null(),
-            "{component}: uid 0"
+        let container = &pod["spec"]["containers"][0];
+        assert_eq!(container["securityContext"]["runAsUser"], 0, "{component}");
+        assert_eq!(container["command"][1], "exec-as", "{component}");
+        assert_eq!(
+            container["command"][2],
+            format!("--uid={}", id(&["-u", component])),
+        );
+        assert_eq!(
+            container["command"][3],
+            format!("--gid={}", id(&["-g", component])),
         );
     }
     for component in [
@@ -136,11 +154,12 @@ fn a_hardened_init_gives_each_component_exactly_its_files_and_renders_its_securi
             serde_json::json!(["ALL"]),
             "{component}"
         );
-        // kube-apiserver's binary has the file capability: exec needs it in the bounding set.
-        let add = if component == "kube-apiserver" {
-            serde_json::json!(["NET_BIND_SERVICE"])
-        } else {
-            serde_json::Value::Null
+        // kube-apiserver's binary has the file capability: exec needs it in the bounding set;
+        // `exec-as` needs SETUID and SETGID to become the account.
+        let add = match component {
+            "kube-apiserver" => serde_json::json!(["NET_BIND_SERVICE"]),
+            "etcd" => serde_json::Value::Null,
+            _ => serde_json::json!(["SETUID", "SETGID"]),
         };
         assert_eq!(sc["capabilities"]["add"], add, "{component}");
     }
@@ -297,18 +316,18 @@ fn account_gone(name: &str) -> bool {
     !run_tool("getent", &["passwd", name]).status.success()
 }
 
-/// This test's turn, and a node on a machine without the `kube-apiserver` account.
+/// This test's turn, and a node on a machine without the `kube-apiserver` and `kube-scheduler`
+/// accounts (the first made with the keys it reads, the second with its manifest).
 fn node_without_the_apiserver_account() -> (std::sync::MutexGuard<'static, ()>, Node) {
     let turn = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
     let node = Node::new();
-    if !account_gone("kube-apiserver") {
-        tool_ok("userdel", &["kube-apiserver"]);
-    }
-    if run_tool("getent", &["group", "kube-apiserver"])
-        .status
-        .success()
-    {
-        tool_ok("groupdel", &["kube-apiserver"]);
+    for name in ["kube-apiserver", "kube-scheduler"] {
+        if !account_gone(name) {
+            tool_ok("userdel", &[name]);
+        }
+        if run_tool("getent", &["group", name]).status.success() {
+            tool_ok("groupdel", &[name]);
+        }
     }
     (turn, node)
 }
@@ -318,7 +337,48 @@ fn node_that_made_the_apiserver_account() -> (std::sync::MutexGuard<'static, ()>
     let (turn, node) = node_without_the_apiserver_account();
     init(&node, "");
     assert!(!account_gone("kube-apiserver"), "init made the account");
+    let scheduler = pod(&node, "kube-scheduler")["spec"]["containers"][0]["command"].clone();
+    assert_eq!(
+        scheduler[2],
+        format!("--uid={}", id(&["-u", "kube-scheduler"])),
+        "the manifest names the IDs init made the account with"
+    );
     (turn, node)
+}
+
+/// The IDs kube-apiserver's and kube-scheduler's manifests name (`runAsUser`, `exec-as --uid`).
+fn manifest_uids(manifests: &Path) -> (String, String) {
+    let read = |c: &str| -> serde_json::Value {
+        let text = std::fs::read_to_string(manifests.join(format!("{c}.yaml"))).unwrap();
+        serde_yaml::from_str(&text).unwrap()
+    };
+    let apiserver = read("kube-apiserver")["spec"]["securityContext"]["runAsUser"].to_string();
+    let scheduler = read("kube-scheduler")["spec"]["containers"][0]["command"][2].clone();
+    let scheduler = scheduler.as_str().unwrap().trim_start_matches("--uid=");
+    (apiserver, scheduler.to_string())
+}
+
+#[test]
+fn a_dry_run_names_the_ids_init_then_makes_the_missing_accounts_with() {
+    let (_turn, node) = node_without_the_apiserver_account();
+    let cfg = node.write_config("ECDSA-P256", "");
+    let out = node.run_ok(&["init", "--dry-run", "--config", cfg.to_str().unwrap()]);
+    let dry = Path::new(dry_run_dir(&out)).to_path_buf();
+    let planned = manifest_uids(
+        &dry.join(node.kubernetes_dir().strip_prefix("/").unwrap())
+            .join("manifests"),
+    );
+    std::fs::remove_dir_all(&dry).unwrap();
+    assert!(account_gone("kube-apiserver") && account_gone("kube-scheduler"));
+    assert_ne!(planned.0, planned.1, "two missing accounts, two IDs");
+    init(&node, "");
+    let made = (id(&["-u", "kube-apiserver"]), id(&["-u", "kube-scheduler"]));
+    assert_eq!(planned, made);
+    assert_eq!(
+        manifest_uids(&node.kubernetes_dir().join("manifests")),
+        made
+    );
+    node.run_ok(&["reset", "--force"]);
 }
 
 #[test]
@@ -340,8 +400,8 @@ fn reset_removes_the_account_kubeforge_made_and_never_a_preexisting_etcd() {
         "{out}"
     );
     assert!(
-        account_gone("kube-apiserver"),
-        "reset removed the account it made"
+        account_gone("kube-apiserver") && account_gone("kube-scheduler"),
+        "reset removed the accounts it made"
     );
     assert!(!run_tool("getent", &["group", "kube-apiserver"])
         .status
@@ -376,19 +436,20 @@ fn a_control_plane_join_gives_the_downloaded_and_its_own_keys_their_readers() {
     let pin = openssl_ca_pin(&cluster_node.pki().join("ca.crt"));
     let args = standin::control_plane_prepare(&endpoint, &pin, &key);
     joiner.run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    for (file, reader) in [
-        ("sa.key", "kube-apiserver:r--"),
-        ("sa.pub", "kube-apiserver:r--"),
-        ("apiserver.key", "kube-apiserver:r--"),
-        ("front-proxy-client.key", "kube-apiserver:r--"),
+    for file in [
+        "sa.key",
+        "sa.pub",
+        "apiserver.key",
+        "front-proxy-client.key",
+        "ca.key",
     ] {
         assert_eq!(
             named_users(&joiner.pki().join(file)),
-            vec![reader.to_string()],
+            readers_of(file),
             "{file}"
         );
     }
-    for file in ["ca.key", "front-proxy-ca.key", "etcd/ca.key"] {
+    for file in ["front-proxy-ca.key", "etcd/ca.key"] {
         assert_eq!(
             named_users(&joiner.pki().join(file)),
             Vec::<String>::new(),
@@ -444,8 +505,10 @@ fn an_init_killed_after_it_made_the_account_leaves_it_recorded_for_reset() {
     let record = node.kubernetes_dir().join("tmp/kubeforge-accounts");
     assert_eq!(
         std::fs::read_to_string(&record).unwrap(),
-        "kube-apiserver\n"
+        "kube-apiserver\n",
+        "kube-scheduler's account comes with its manifest, after the certs"
     );
+    assert!(account_gone("kube-scheduler"));
     node.run_ok(&["reset", "--force"]);
     assert!(account_gone("kube-apiserver"), "reset removed the account");
 }

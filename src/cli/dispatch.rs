@@ -6,8 +6,8 @@ use std::path::Path;
 
 use super::{
     ApproverArgs, CertsCommand, CertsConfig, Cli, ClusterAccess, Command, ConfigCommand,
-    EncryptionCommand, EndpointCommand, Global, ImagesCommand, InitArgs, InitFlags, InitSubcommand,
-    JoinArgs, JoinSubcommand, KubeconfigCommand, PrintCommand, TokenCommand,
+    EncryptionCommand, EndpointCommand, ExecAsArgs, Global, ImagesCommand, InitArgs, InitFlags,
+    InitSubcommand, JoinArgs, JoinSubcommand, KubeconfigCommand, PrintCommand, TokenCommand,
 };
 use crate::config::{self, CertificateKey, Token};
 use crate::node::Layout;
@@ -52,6 +52,7 @@ pub fn run(cli: Cli) -> Result<()> {
             workflow::reset::run(layout, out, force, dry_run)
         }
         Command::Approver(args) => approver(args),
+        Command::ExecAs(args) => Err(exec_as(args)),
         Command::Endpoint(command) => endpoint(command),
         Command::Version => {
             version(out);
@@ -308,6 +309,16 @@ fn exit_on_sigterm() {
             tracing::warn!("no handler for {signal}: a stop waits out its grace period ({e})");
         }
     }
+}
+
+/// Returns only when the component could not be started.
+fn exec_as(args: ExecAsArgs) -> anyhow::Error {
+    crate::launcher::run(&crate::launcher::Launch {
+        uid: args.uid,
+        gid: args.gid,
+        reads: args.reads,
+        command: args.command,
+    })
 }
 
 fn approver(args: ApproverArgs) -> Result<()> {

@@ -137,6 +137,10 @@ pub enum Command {
     /// The highly available endpoint's helpers, run inside its pods (docs/ha-endpoint.md).
     #[command(subcommand, hide = true)]
     Endpoint(EndpointCommand),
+    /// Run a component as a non-root account, handing it copies of root-only files (profile
+    /// hardened: the kube-controller-manager and kube-scheduler static pods; docs/security.md).
+    #[command(name = "exec-as", hide = true)]
+    ExecAs(ExecAsArgs),
     /// Print the version of kubeforge.
     Version,
     /// Print a shell completion script.
@@ -670,6 +674,23 @@ mod tests {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
     }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExecAsArgs {
+    /// The user ID to run as (not 0).
+    #[arg(long)]
+    pub uid: u32,
+    /// The group ID to run as (not 0); no supplementary groups are kept.
+    #[arg(long)]
+    pub gid: u32,
+    /// A file read as root and handed over as /proc/self/fd/N wherever the command names it
+    /// (repeatable).
+    #[arg(long = "read", value_name = "FILE")]
+    pub reads: Vec<PathBuf>,
+    /// The component and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]

@@ -48,6 +48,26 @@ impl Component {
         }
     }
 
+    /// The account it runs as in profile hardened (docs/security.md, "Non-root components").
+    pub fn account(self) -> &'static str {
+        use crate::rootless::{APISERVER_USER, CONTROLLER_MANAGER_USER, ETCD_USER, SCHEDULER_USER};
+        match self {
+            Component::Etcd => ETCD_USER,
+            Component::KubeApiserver => APISERVER_USER,
+            Component::KubeControllerManager => CONTROLLER_MANAGER_USER,
+            Component::KubeScheduler => SCHEDULER_USER,
+        }
+    }
+
+    /// Whether profile hardened starts it through `kubeforge exec-as`: its kubeconfig is root's
+    /// alone (CIS 1.1.15–1.1.18), so the pod starts as root and the launcher drops to the account.
+    fn launched(self) -> bool {
+        matches!(
+            self,
+            Component::KubeControllerManager | Component::KubeScheduler
+        )
+    }
+
     pub fn from_name(name: &str) -> Option<Component> {
         Component::ALL.into_iter().find(|c| c.name() == name)
     }
@@ -264,21 +284,24 @@ impl Renderer<'_> {
     }
 
     /// The securityContext of a hardened `component` (docs/security.md, "Non-root components"):
-    /// capabilities dropped, no privilege escalation, and etcd and kube-apiserver run as their
-    /// own accounts (the IDs they exist with, or the ones they will be made with).
+    /// capabilities dropped, no privilege escalation; etcd and kube-apiserver run as their own
+    /// accounts (the IDs they exist with, or the ones they will be made with), and the launched
+    /// components start as root with SETUID and SETGID alone, for `exec-as` to become theirs.
     fn rootless(&self, component: Component) -> Result<Value> {
         let hardened = self.cfg.security.hardened();
-        let user = match component {
-            Component::Etcd => Some(crate::rootless::ETCD_USER),
-            Component::KubeApiserver => Some(crate::rootless::APISERVER_USER),
-            _ => None,
+        let ids = || -> Result<Value> {
+            let account = crate::node::accounts::existing_or_planned(component.account())?;
+            Ok(json!({ "uid": account.uid, "gid": account.gid }))
         };
-        let run_as = match user.filter(|_| hardened) {
-            Some(name) => {
-                let account = crate::node::accounts::existing_or_planned(name)?;
-                json!({ "uid": account.uid, "gid": account.gid })
+        let (run_as, launcher) = match (hardened, component.launched()) {
+            (false, _) => (json!(false), json!(false)),
+            (true, false) => (ids()?, json!(false)),
+            (true, true) => {
+                let binary = std::env::current_exe().context("locating the kubeforge binary")?;
+                let mut launcher = ids()?;
+                launcher["binary"] = json!(binary);
+                (json!(false), launcher)
             }
-            None => json!(false),
         };
         // The kube-apiserver binary carries the file capability cap_net_bind_service: its exec
         // fails unless the bounding set keeps it (kubeadm adds it for the same reason). Without
@@ -287,6 +310,7 @@ impl Renderer<'_> {
         Ok(json!({
             "container": hardened,
             "runAs": run_as,
+            "launcher": launcher,
             "netBindService": apiserver,
             "noEscalation": !(apiserver && self.cfg.bind_port() < 1024),
         }))
@@ -321,6 +345,7 @@ impl Renderer<'_> {
         let mut pod: Pod = serde_yaml::from_str(&text)
             .with_context(|| format!("the rendered {name} manifest is not a valid Pod"))?;
         complete(self.cfg, component, &mut pod)?;
+        launch_through(&mut pod, &data["rootless"]["launcher"]);
         patched_manifest(self.cfg, name, pod)
     }
 
@@ -571,6 +596,42 @@ fn component_extras(
             (local.extra_args, vec![], local.extra_envs)
         }
     }
+}
+
+/// A launched component's command, extraArgs in, run through `kubeforge exec-as` (`launcher`
+/// is the template's `rootless.launcher`: the binary and the account's IDs; `false` leaves the
+/// command as it is). The files it is given are the ones its `--*kubeconfig` flags name.
+fn launch_through(pod: &mut Pod, launcher: &Value) {
+    let (Some(binary), Some(uid), Some(gid)) = (
+        launcher["binary"].as_str(),
+        launcher["uid"].as_u64(),
+        launcher["gid"].as_u64(),
+    ) else {
+        return;
+    };
+    let Some(container) = pod.spec.as_mut().and_then(|s| s.containers.first_mut()) else {
+        return;
+    };
+    let command = container.command.take().unwrap_or_default();
+    let mut reads: Vec<std::path::PathBuf> = Vec::new();
+    for arg in &command {
+        let Some((name, value)) = arg.split_once('=') else {
+            continue;
+        };
+        if name.starts_with("--")
+            && name.ends_with("kubeconfig")
+            && !reads.iter().any(|r| r == Path::new(value))
+        {
+            reads.push(value.into());
+        }
+    }
+    let launch = crate::launcher::Launch {
+        uid: uid as u32,
+        gid: gid as u32,
+        reads,
+        command,
+    };
+    container.command = Some(launch.container_command(Path::new(binary)));
 }
 
 /// extraArgs (a user flag replaces the default of that name, user flags appended in their order),

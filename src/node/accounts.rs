@@ -10,6 +10,22 @@ use std::process::Command;
 /// System IDs as Debian's login.defs has them (SYS_UID_MIN..SYS_UID_MAX); taken from the top.
 const SYSTEM_IDS: std::ops::RangeInclusive<u32> = 100..=999;
 
+pub const ETCD_USER: &str = "etcd";
+pub const APISERVER_USER: &str = "kube-apiserver";
+pub const CONTROLLER_MANAGER_USER: &str = "kube-controller-manager";
+pub const SCHEDULER_USER: &str = "kube-scheduler";
+
+/// The accounts of the control plane in the order their IDs are planned: a missing one gets the
+/// free ID below those planned for the missing ones before it. Whichever is made first takes
+/// exactly the ID planned for it, so the others' plans hold, and a dry-run shows the IDs a run
+/// makes.
+const PLANNED_ORDER: [&str; 4] = [
+    ETCD_USER,
+    APISERVER_USER,
+    CONTROLLER_MANAGER_USER,
+    SCHEDULER_USER,
+];
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
     pub name: String,
@@ -78,11 +94,28 @@ fn used_ids(file: &str) -> Result<Vec<u32>> {
 
 /// The account `name` exists as, or the IDs `create` would give it.
 pub fn existing_or_planned(name: &str) -> Result<Account> {
+    planned_after(name, &PLANNED_ORDER)
+}
+
+/// The account `name`, or its plan after those of the missing accounts before it in `order`.
+fn planned_after(name: &str, order: &[&str]) -> Result<Account> {
     if let Some(account) = lookup(name)? {
         return Ok(account);
     }
-    let uids = used_ids("/etc/passwd")?;
-    let gids = used_ids("/etc/group")?;
+    let mut uids = used_ids("/etc/passwd")?;
+    let mut gids = used_ids("/etc/group")?;
+    for earlier in order.iter().take_while(|n| **n != name) {
+        if lookup(earlier)?.is_none() {
+            let planned = plan(earlier, &uids, &gids)?;
+            uids.push(planned.uid);
+            gids.push(planned.gid);
+        }
+    }
+    plan(name, &uids, &gids)
+}
+
+/// Free IDs for the missing account `name`, given the IDs in use.
+fn plan(name: &str, uids: &[u32], gids: &[u32]) -> Result<Account> {
     let group = group_id(name)?;
     let free_uid = |id: &u32| !uids.contains(id);
     let pick = match group {
@@ -185,6 +218,18 @@ pub fn recorded(record: &Path) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_accounts_are_planned_distinct_ids_in_order() {
+        let order = ["kubeforge-no-such-a", "nobody", "kubeforge-no-such-b"];
+        let a = planned_after(order[0], &order).unwrap();
+        let b = planned_after(order[2], &order).unwrap();
+        let alone = planned_after(order[2], &[]).unwrap();
+        assert_eq!(alone.uid, a.uid, "b alone would get a's ID");
+        assert!(b.uid < a.uid && b.gid < a.gid, "{a:?} {b:?}");
+        assert!(!used_ids("/etc/passwd").unwrap().contains(&b.uid));
+        assert!(!used_ids("/etc/group").unwrap().contains(&b.gid));
+    }
 
     #[test]
     fn an_existing_account_is_used_and_a_missing_one_gets_a_free_system_id() {

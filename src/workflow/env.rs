@@ -105,6 +105,15 @@ impl Env {
         }
     }
 
+    /// Profile hardened: the account `component` runs as, made now when missing, so that its
+    /// manifest names the IDs the account has.
+    pub fn component_account(&mut self, component: Component) -> Result<()> {
+        if self.cfg.security.hardened() {
+            self.writer.account(component.account())?;
+        }
+        Ok(())
+    }
+
     /// Writes one host file through the writer; a dry-run reports it.
     pub fn write(&mut self, phase: &str, file: &File) -> Result<Outcome> {
         let outcome = self.writer.write(&file.path, &file.contents, file.mode)?;

@@ -328,6 +328,7 @@ fn component_of(step: &Step) -> Component {
 
 /// One component's manifest, rendered and written (the API server's after the files it names).
 pub(super) fn write_component(env: &mut Env, phase: &str, component: Component) -> Result<()> {
+    env.component_account(component)?;
     let yaml = env.renderer().render(component)?;
     if component == Component::KubeApiserver {
         write_audit_files(env, phase)?;

@@ -56,36 +56,47 @@ pub struct Node {
     pub dir: tempfile::TempDir,
 }
 
-/// The account a hardened init runs kube-apiserver as, made once per test process when missing:
-/// a run that finds it there never removes it, so tests running side by side cannot remove it
-/// from under each other (tests/rootless.rs checks the lifecycle with its own account).
-pub fn ensure_apiserver_account() {
+/// The accounts a hardened init runs kube-apiserver, kube-controller-manager and kube-scheduler
+/// as, made once per test process when missing: a run that finds them there never removes them,
+/// so tests running side by side cannot remove them from under each other (tests/rootless.rs
+/// checks the lifecycle with its own account).
+pub fn ensure_component_accounts() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let present = Command::new("getent")
-            .args(["passwd", "kube-apiserver"])
-            .output()
-            .expect("getent")
-            .status
-            .success();
-        if !present {
-            let out = Command::new("useradd")
-                .args(["--system", "--user-group", "--no-create-home"])
-                .args(["--shell", "/usr/sbin/nologin", "kube-apiserver"])
-                .output()
-                .expect("useradd");
-            assert!(
-                out.status.success() || String::from_utf8_lossy(&out.stderr).contains("exists"),
-                "useradd kube-apiserver: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+        for name in [
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+        ] {
+            ensure_account(name);
         }
     });
 }
 
+fn ensure_account(name: &str) {
+    let present = Command::new("getent")
+        .args(["passwd", name])
+        .output()
+        .expect("getent")
+        .status
+        .success();
+    if !present {
+        let out = Command::new("useradd")
+            .args(["--system", "--user-group", "--no-create-home"])
+            .args(["--shell", "/usr/sbin/nologin", name])
+            .output()
+            .expect("useradd");
+        assert!(
+            out.status.success() || String::from_utf8_lossy(&out.stderr).contains("exists"),
+            "useradd {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 impl Node {
     pub fn new() -> Node {
-        ensure_apiserver_account();
+        ensure_component_accounts();
         Node {
             dir: tempfile::tempdir().expect("tempdir"),
         }

@@ -1,6 +1,8 @@
-//! Non-root components on a real node (docs/security.md, "Non-root components"): etcd and
-//! kube-apiserver run as their accounts, kube-controller-manager and kube-scheduler as uid 0 with
-//! no effective capability, and etcd's data directory is etcd:etcd 0700 (CIS 1.1.11/1.1.12).
+//! Non-root components on a real node (docs/security.md, "Non-root components"): etcd,
+//! kube-apiserver, kube-controller-manager and kube-scheduler run as their accounts with no
+//! effective capability and no_new_privs (the last two started by `kubeforge exec-as`, with no
+//! supplementary group), their kubeconfigs stay 0600 root:root (CIS 1.1.15–1.1.18), and etcd's
+//! data directory is etcd:etcd 0700 (CIS 1.1.11/1.1.12).
 //! Processes are told apart by their network namespace: every static pod is host-network, so
 //! node 1's share the host's and node 2's share its own.
 
@@ -42,14 +44,13 @@ fn field<'a>(status: &'a str, name: &str) -> &'a str {
         .trim()
 }
 
-fn assert_components(net: &Path, data_dir_stat: String) {
-    let etcd = (id("-u", "etcd"), id("-g", "etcd"));
-    let apiserver = (id("-u", "kube-apiserver"), id("-g", "kube-apiserver"));
-    for (comm, want) in [
-        ("etcd", Some(etcd)),
-        ("kube-apiserver", Some(apiserver)),
-        ("kube-controller", None),
-        ("kube-scheduler", None),
+/// `stats`: `stat -c '%U:%G %a'` of etcd's data directory and the two kubeconfigs.
+fn assert_components(net: &Path, stats: String) {
+    for (comm, account) in [
+        ("etcd", "etcd"),
+        ("kube-apiserver", "kube-apiserver"),
+        ("kube-controller", "kube-controller-manager"),
+        ("kube-scheduler", "kube-scheduler"),
     ] {
         let statuses = statuses(comm, net);
         assert_eq!(statuses.len(), 1, "{comm} processes in {}", net.display());
@@ -62,7 +63,7 @@ fn assert_components(net: &Path, data_dir_stat: String) {
             .split_whitespace()
             .map(|v| v.parse().unwrap())
             .collect();
-        let (uid, gid) = want.unwrap_or((0, 0));
+        let (uid, gid) = (id("-u", account), id("-g", account));
         assert!(
             uids.iter().all(|u| *u == uid),
             "{comm}: Uid {uids:?}, want {uid}"
@@ -81,17 +82,28 @@ fn assert_components(net: &Path, data_dir_stat: String) {
             "1",
             "{comm}: allowPrivilegeEscalation false"
         );
+        if comm != "etcd" && comm != "kube-apiserver" {
+            assert_eq!(
+                field(status, "Groups:"),
+                "",
+                "{comm}: exec-as keeps no group"
+            );
+        }
     }
     assert_eq!(
-        data_dir_stat.trim(),
-        "etcd:etcd 700",
-        "/var/lib/etcd (CIS 1.1.11/1.1.12)"
+        stats.lines().collect::<Vec<_>>(),
+        ["etcd:etcd 700", "root:root 600", "root:root 600"],
+        "/var/lib/etcd (CIS 1.1.11/1.1.12), controller-manager.conf and scheduler.conf (1.1.15-1.1.18)"
     );
 }
 
 fn stat(mut command: Command) -> String {
     let out = command
         .args(["-c", "%U:%G %a", "/var/lib/etcd"])
+        .args([
+            "/etc/kubernetes/controller-manager.conf",
+            "/etc/kubernetes/scheduler.conf",
+        ])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()

@@ -98,6 +98,7 @@ pub fn upgrade_component(d: &mut UpgradeData, step: &Step) -> Result<()> {
     recover_aside(d, component)?;
     let live =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    d.env.component_account(component)?;
     let new = render(&d.env.layout, &d.env.cfg, component, &live)?;
     let name = component.name();
     d.say(
