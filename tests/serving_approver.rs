@@ -32,9 +32,9 @@ fn csr(dir: &std::path::Path, name: &str, user: &str, cn_node: &str, ip: &str) -
     })
 }
 
-#[test]
-fn the_approver_approves_the_matching_csr_once_and_leaves_the_others_pending() {
-    let port = free_port();
+/// A node with the cluster's certificates and kubeconfigs, its API server on this host's
+/// address at `port`.
+fn node_with_credentials(port: u16) -> Node {
     let node = Node::new();
     std::fs::write(
         node.config_path(),
@@ -49,6 +49,13 @@ fn the_approver_approves_the_matching_csr_once_and_leaves_the_others_pending() {
     for phase in ["certs", "kubeconfig"] {
         node.run_ok(&["init", "phase", phase, "--config", cfg.to_str().unwrap()]);
     }
+    node
+}
+
+#[test]
+fn the_approver_approves_the_matching_csr_once_and_leaves_the_others_pending() {
+    let port = free_port();
+    let node = node_with_credentials(port);
     let dir = node.root();
     let worker = json!({
         "apiVersion": "v1", "kind": "Node", "metadata": { "name": "w1" },
@@ -113,21 +120,7 @@ fn the_approver_approves_the_matching_csr_once_and_leaves_the_others_pending() {
 #[test]
 fn the_approver_as_pid_1_exits_on_sigterm() {
     require_tool("unshare");
-    let node = Node::new();
-    std::fs::write(
-        node.config_path(),
-        format!(
-            "apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\nlocalAPIEndpoint:\n  advertiseAddress: {ip}\n  bindPort: {port}\nnodeRegistration:\n  name: cp1\n---\napiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nkubernetesVersion: v1.35.6\nencryptionAlgorithm: ECDSA-P256\ncertificatesDir: {pki}\n",
-            ip = host_ip(),
-            port = free_port(),
-            pki = node.pki().display()
-        ),
-    )
-    .unwrap();
-    let cfg = node.config_path();
-    for phase in ["certs", "kubeconfig"] {
-        node.run_ok(&["init", "phase", phase, "--config", cfg.to_str().unwrap()]);
-    }
+    let node = node_with_credentials(free_port());
     let mut unshare = Command::new("unshare")
         .args([
             "--pid",
