@@ -70,11 +70,21 @@ pub fn upgraded(cfg: &Config, layout: &Layout) -> Result<Option<File>> {
     manifest(cfg, layout, &static_binary()?).map(Some)
 }
 
+/// How much of the binary `static_binary` reads: the headers of any linker's output.
+const HEADERS_READ: u64 = 64 * 1024;
+
 /// The kubeforge binary the approver pod runs: this one, which must run in an empty root (the
 /// pause image has no libc): an ELF with no program interpreter (PT_INTERP), i.e. static.
 pub fn static_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the kubeforge binary")?;
-    let bytes = std::fs::read(&exe).with_context(|| format!("reading {}", exe.display()))?;
+    // The ELF and program headers sit at the start; the whole binary (300 MB in a debug build)
+    // is not read for them.
+    let mut bytes = Vec::new();
+    std::fs::File::open(&exe)
+        .and_then(|f| {
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, HEADERS_READ), &mut bytes)
+        })
+        .with_context(|| format!("reading {}", exe.display()))?;
     if has_interpreter(&bytes).with_context(|| format!("{} is not an ELF", exe.display()))? {
         bail!(crate::BadInput(format!(
             "{} is dynamically linked: the kubeforge-approver static pod (profile hardened) runs this binary in the \
