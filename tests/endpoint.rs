@@ -698,6 +698,16 @@ fn apiserver_slice(addresses: &[&str]) -> serde_json::Value {
     })
 }
 
+/// One round of the sync against `server`, which must succeed.
+fn sync_ok(ns: &Netns, node: &Node, server: &str) {
+    let out = sync_command(ns, node, server).output().unwrap();
+    assert!(
+        out.status.success(),
+        "sync: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The sync container's command from the rendered manifest, asked to do one round against
 /// `server` too.
 fn sync_command(ns: &Netns, node: &Node, server: &str) -> Command {
@@ -809,17 +819,7 @@ fn sync_reloads_haproxy_with_the_api_servers_the_cluster_lists() {
             .args(["-s", "--max-time", "2", "http://127.0.0.1:8404/stats;csv"])
             .output()
             .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with("kube-apiservers,") && !l.contains(",BACKEND,"))
-            .map(|l| {
-                let f: Vec<&str> = l.split(',').collect();
-                (
-                    f[1].to_string(),
-                    f[17].split(' ').next().unwrap().to_string(),
-                )
-            })
-            .collect()
+        common::haproxy_backend_states(&String::from_utf8_lossy(&out.stdout))
     };
     let until = |what: &str, f: &dyn Fn() -> bool| {
         let start = Instant::now();
@@ -845,12 +845,7 @@ fn sync_reloads_haproxy_with_the_api_servers_the_cluster_lists() {
         .stderr(Stdio::null());
 
     // Two API servers listed: both added, the node's own kept; haproxy reloaded, not restarted.
-    let out = sync_command(&ns, &node, &server).output().unwrap();
-    assert!(
-        out.status.success(),
-        "sync: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sync_ok(&ns, &node, &server);
     assert_eq!(
         server_lines(&haproxy_cfg),
         [
@@ -899,12 +894,7 @@ fn sync_reloads_haproxy_with_the_api_servers_the_cluster_lists() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let out = sync_command(&ns, &node, &server).output().unwrap();
-    assert!(
-        out.status.success(),
-        "sync: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sync_ok(&ns, &node, &server);
     assert_eq!(
         server_lines(&haproxy_cfg),
         [

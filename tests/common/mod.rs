@@ -610,3 +610,17 @@ pub fn node_serving_request(dir: &Path, name: &str, node: &str, ip: &str) -> Vec
     assert!(status.success(), "openssl req for {name}");
     std::fs::read(out).unwrap()
 }
+
+/// Each API server's state in haproxy's `/stats;csv` (backend `kube-apiservers`): (server, status).
+pub fn haproxy_backend_states(csv: &str) -> Vec<(String, String)> {
+    csv.lines()
+        .filter(|l| l.starts_with("kube-apiservers,") && !l.contains(",BACKEND,"))
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (
+                f[1].to_string(),
+                f[17].split(' ').next().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}

@@ -302,17 +302,7 @@ fn backend_states(node: &ExtraNode) -> Vec<(String, String)> {
         .args(["-s", "--max-time", "2", "http://127.0.0.1:8404/stats;csv"])
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with("kube-apiservers,") && !l.contains(",BACKEND,"))
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            (
-                f[1].to_string(),
-                f[17].split(' ').next().unwrap_or("").to_string(),
-            )
-        })
-        .collect()
+    crate::common::haproxy_backend_states(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// The worker's Ready condition status and its Lease's renew time.
@@ -671,20 +661,7 @@ fn ha_endpoint_serves_through_a_reset_and_a_join() {
 /// Every control-plane pod on `node` (a node name) Ready, the balancers among them, and its
 /// components at `t`'s version and etcd tag.
 fn node_runs(admin: &Path, node: &str, t: &crate::upgrade::Target) -> bool {
-    let pods = kubectl_json(
-        admin,
-        &[
-            "get",
-            "pods",
-            "-n",
-            "kube-system",
-            "-l",
-            "tier=control-plane",
-            "--field-selector",
-            &format!("spec.nodeName={node}"),
-        ],
-    );
-    let pods = pods["items"].as_array().cloned().unwrap_or_default();
+    let pods = harness::control_plane_pods(admin, node);
     let component = |p: &serde_json::Value| p["metadata"]["labels"]["component"].clone();
     let ready = |p: &serde_json::Value| {
         p["status"]["conditions"].as_array().is_some_and(|c| {

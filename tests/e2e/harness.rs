@@ -607,6 +607,29 @@ pub fn measured(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     }
 }
 
+/// The control-plane pods (label `tier=control-plane`) on `node`, read with `kubeconfig`.
+pub fn control_plane_pods(kubeconfig: &Path, node: &str) -> Vec<serde_json::Value> {
+    let out = run(Command::new(crate::common::kubectl())
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .args([
+            "get",
+            "pods",
+            "-n",
+            "kube-system",
+            "-l",
+            "tier=control-plane",
+        ])
+        .arg(format!("--field-selector=spec.nodeName={node}"))
+        .args(["-o", "json"]));
+    let pods: serde_json::Value = serde_json::from_str(&out).expect("kubectl prints JSON");
+    pods["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// A kube-system pod, read with admin.conf.
+pub fn kube_system_pod(host: &Host, name: &str) -> serde_json::Value {
+    kubectl_json(host, &["get", "pod", "-n", "kube-system", name])
+}
+
 /// kubectl with admin.conf, JSON out.
 pub fn kubectl_json(host: &Host, args: &[&str]) -> serde_json::Value {
     let out = run(Command::new(&host.kubectl)

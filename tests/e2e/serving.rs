@@ -219,16 +219,7 @@ pub fn assert_foreign_csrs_stay_pending(s: &Scenario, node: &str) {
         harness::run(kubectl(s).args(["delete", "csr", name]));
     }
     // The approver pod itself runs (it is what approves workers).
-    let pod = kubectl_json(
-        &s.host,
-        &[
-            "get",
-            "pod",
-            "-n",
-            "kube-system",
-            &format!("kubeforge-approver-{node}"),
-        ],
-    );
+    let pod = harness::kube_system_pod(&s.host, &format!("kubeforge-approver-{node}"));
     assert_eq!(pod["status"]["phase"], "Running", "{pod}");
 }
 

@@ -318,28 +318,13 @@ fn assert_missing_images_refused(s: &Scenario) {
 }
 
 /// Each component's image tag on this node, from its mirror pod.
-fn running_versions(s: &Scenario) -> BTreeMap<String, String> {
-    running_versions_on(s, NODE)
+fn running_versions() -> BTreeMap<String, String> {
+    running_versions_on(NODE)
 }
 
 /// The image tag of each control-plane mirror pod on `node`: component → tag.
-fn running_versions_on(s: &Scenario, node: &str) -> BTreeMap<String, String> {
-    let pods = kubectl_json(
-        &s.host,
-        &[
-            "get",
-            "pods",
-            "-n",
-            "kube-system",
-            "-l",
-            "tier=control-plane",
-            "--field-selector",
-            &format!("spec.nodeName={node}"),
-        ],
-    );
-    pods["items"]
-        .as_array()
-        .unwrap()
+fn running_versions_on(node: &str) -> BTreeMap<String, String> {
+    harness::control_plane_pods(&admin_conf(), node)
         .iter()
         .map(|p| {
             let image = p["spec"]["containers"][0]["image"]
@@ -364,7 +349,7 @@ fn assert_running(s: &Scenario, versions: &[(&str, &str)]) {
 fn assert_running_on(s: &Scenario, node: &str, versions: &[(&str, &str)]) {
     let start = Instant::now();
     loop {
-        let running = running_versions_on(s, node);
+        let running = running_versions_on(node);
         let pods = pods_on(s, node);
         let ok = versions.iter().all(|(c, v)| {
             running.get(*c).map(String::as_str) == Some(*v)
@@ -465,7 +450,7 @@ fn upgrade_apply_moves_the_node_to_the_next_minor_and_a_rerun_changes_nothing() 
     assert_ok(&s, &init(&s, &[], &[]));
     assert_control_plane_ready(&s);
     write_marker(&s);
-    let before_etcd = running_versions(&s)["etcd"].clone();
+    let before_etcd = running_versions()["etcd"].clone();
     ask_for_etcd_through(&admin_conf(), &t.etcd_tag);
     ask_for_max_pods(&s, 123);
     cordon(&s);
@@ -665,16 +650,7 @@ fn assert_approver_at(s: &Scenario, version: &str) {
     // Its mirror pod follows within a minute (the upgrade nudges a stale one).
     let start = Instant::now();
     loop {
-        let pod = kubectl_json(
-            &s.host,
-            &[
-                "get",
-                "pod",
-                "-n",
-                "kube-system",
-                &format!("kubeforge-approver-{NODE}"),
-            ],
-        );
+        let pod = harness::kube_system_pod(&s.host, &format!("kubeforge-approver-{NODE}"));
         let image = pod["spec"]["containers"][0]["image"]
             .as_str()
             .unwrap_or_default();
@@ -750,7 +726,7 @@ fn a_broken_scheduler_and_a_broken_etcd_are_rolled_back_to_a_healthy_node() {
     assert_ok(&s, &init(&s, &[], &[]));
     assert_control_plane_ready(&s);
     write_marker(&s);
-    let old = running_versions(&s);
+    let old = running_versions();
     let old_versions: Vec<(&str, &str)> =
         COMPONENTS.iter().map(|c| (*c, old[*c].as_str())).collect();
     ask_for_etcd_through(&admin_conf(), &t.etcd_tag);
