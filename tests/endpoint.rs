@@ -270,6 +270,28 @@ fn spawn(mut cmd: Command) -> Running {
     )
 }
 
+/// A TLS backend in `ns` on `address:port` with the node's API server certificate, answering
+/// `/readyz` with the status written in `dir/<name>.status` (200 to start with) and every other
+/// path with `answer`.
+fn readyz_backend(
+    ns: &Netns,
+    node: &Node,
+    dir: &Path,
+    (name, answer): (&str, &str),
+    (address, port): (&str, &str),
+) -> Running {
+    let status = dir.join(format!("{name}.status"));
+    std::fs::write(&status, "200").unwrap();
+    let mut c = ns.cmd("python3");
+    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/readyz_backend.py"))
+        .arg(node.pki().join("apiserver.crt"))
+        .arg(node.pki().join("apiserver.key"))
+        .args([address, port])
+        .arg(status)
+        .arg(answer);
+    spawn(c)
+}
+
 /// Two backends behind the rendered haproxy, in a namespace of their own: what /readyz says
 /// decides who gets the traffic, and the monitor page (keepalived's check) follows.
 struct Balanced {
@@ -333,15 +355,13 @@ impl Balanced {
         let dir = Balanced::render(node);
         let mut processes = Vec::new();
         for (name, port) in [("a", "16443"), ("b", "16444")] {
-            std::fs::write(dir.join(format!("{name}.status")), "200").unwrap();
-            let mut c = ns.cmd("python3");
-            c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/readyz_backend.py"))
-                .arg(node.pki().join("apiserver.crt"))
-                .arg(node.pki().join("apiserver.key"))
-                .args(["127.0.0.1", port])
-                .arg(dir.join(format!("{name}.status")))
-                .arg(name);
-            processes.push(spawn(c));
+            processes.push(readyz_backend(
+                &ns,
+                node,
+                &dir,
+                (name, name),
+                ("127.0.0.1", port),
+            ));
         }
         // haproxy and keepalived as their manifests run them (keepalived's pid files kept out of
         // the host's /run).
@@ -781,15 +801,13 @@ fn sync_reloads_haproxy_with_the_api_servers_the_cluster_lists() {
     std::fs::create_dir_all(node.kubernetes_dir().join("endpoint-run")).unwrap();
     let mut processes = Vec::new();
     for (name, address) in [("a", "127.0.0.1"), ("b", "127.0.0.2")] {
-        std::fs::write(dir.join(format!("{name}.status")), "200").unwrap();
-        let mut c = ns.cmd("python3");
-        c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/readyz_backend.py"))
-            .arg(node.pki().join("apiserver.crt"))
-            .arg(node.pki().join("apiserver.key"))
-            .args([address, "16443"])
-            .arg(dir.join(format!("{name}.status")))
-            .arg(name);
-        processes.push(spawn(c));
+        processes.push(readyz_backend(
+            &ns,
+            &node,
+            &dir,
+            (name, name),
+            (address, "16443"),
+        ));
     }
     let command = manifest_command(
         &node
@@ -1056,15 +1074,13 @@ fn node_local_worker_balancer_and_kubelet_conf() {
         "{sans}"
     );
     let ns = Netns::new("10.213.4.1");
-    std::fs::write(endpoint_dir(&node).join("a.status"), "200").unwrap();
-    let mut c = ns.cmd("python3");
-    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/readyz_backend.py"))
-        .arg(node.pki().join("apiserver.crt"))
-        .arg(node.pki().join("apiserver.key"))
-        .args(["127.0.0.1", "8443"])
-        .arg(endpoint_dir(&node).join("a.status"))
-        .arg("through-127.0.0.1");
-    let _backend = spawn(c);
+    let _backend = readyz_backend(
+        &ns,
+        &node,
+        &endpoint_dir(&node),
+        ("a", "through-127.0.0.1"),
+        ("127.0.0.1", "8443"),
+    );
     let kubectl = |args: &[&str]| {
         ns.cmd(&common::kubectl())
             .arg(format!("--kubeconfig={}", kubelet_conf.display()))
